@@ -1,0 +1,36 @@
+"""Shared pytest fixtures.
+
+The OFA vocabulary files and the golden parity fixture live in ``../shared`` beside the
+checkout (never copied into the repo). ``OFA_DS_SHARED`` overrides that location.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    env = os.environ.get("OFA_DS_SHARED")
+    return Path(env) if env else REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    path = shared_dir()
+    if not path.is_dir():
+        pytest.fail(f"shared reference directory not found at {path} (set OFA_DS_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ofa_bpe_dir(shared: Path) -> Path:
+    return shared / "ofa_bpe"
+
+
+@pytest.fixture(scope="session")
+def golden_dir(shared: Path) -> Path:
+    return shared / "fixtures" / "ofa_golden"
