@@ -1,0 +1,129 @@
+"""OFA decoder: causal transformer over text tokens or image codes, cross-attending to
+the encoder.
+
+Shape legend: B batch, T decoder length (the full prefix, also when decoding
+incrementally), Tq query rows (T, or 1 with a cache), L encoder length, d width, H heads.
+
+Each sample is either a text sample or an image-code sample (``code_masks``). Code
+samples use the image position table, the image relative buckets and their own
+embedding LayerNorm. When ``code_masks`` is given, both variants are computed for the
+whole batch and selected per sample, so every rank runs the same modules whatever its
+batch holds (ZeRO-3 hangs otherwise).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ofa_ds.model.config import OFAConfig
+from ofa_ds.model.encoder import position_bias
+from ofa_ds.model.layers import drop_path_rates, DecoderLayer, layer_norm
+from ofa_ds.model.position import code_position_index, image_bucket_table, token_bucket_table
+
+
+def _per_sample(code_masks, text_value, code_value):
+    """Pick the code variant for code samples; inputs broadcast over the batch axis."""
+    if code_masks is None:
+        return text_value
+    shape = (-1,) + (1,) * (max(text_value.dim(), code_value.dim()) - 1)
+    return torch.where(code_masks.view(shape), code_value, text_value)
+
+
+class OFADecoder(nn.Module):
+    def __init__(self, cfg: OFAConfig, embed_tokens: nn.Embedding):
+        super().__init__()
+        d, H = cfg.embed_dim, cfg.decoder_heads
+        self.cfg = cfg
+        self.head_dim = d // H
+        self.pos_scaling = (self.head_dim * cfg.attn_scale_factor) ** -0.5
+        self.embed_scale = cfg.embed_scale
+
+        self.embed_tokens = embed_tokens
+        self.layernorm_embedding = layer_norm(d) if cfg.layernorm_embedding else None
+        self.code_layernorm_embedding = layer_norm(d) if cfg.code_layernorm_embedding else None
+        self.embed_positions = nn.Embedding(cfg.max_positions + 2, d)
+        self.embed_image_positions = nn.Embedding(cfg.num_image_positions, d)
+        self.pos_ln = layer_norm(d)
+        self.image_pos_ln = layer_norm(d)
+        self.self_pos_q_linear = nn.Linear(d, d)
+        self.self_pos_k_linear = nn.Linear(d, d)
+        self.cross_pos_q_linear = nn.Linear(d, d)
+        self.cross_pos_k_linear = nn.Linear(d, d)
+
+        rates = drop_path_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, rates[i]) for i in range(cfg.decoder_layers))
+        self.layer_norm = layer_norm(d) if cfg.normalize_before else None
+        self.output_projection = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.output_projection.weight = embed_tokens.weight  # tied
+        self.token_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding(cfg.num_token_rel_buckets, H) for _ in range(cfg.decoder_layers))
+        self.image_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding(cfg.num_image_rel_buckets, H) for _ in range(cfg.decoder_layers))
+        self.register_buffer("token_rp_bucket", token_bucket_table(cfg.token_bucket_size), persistent=False)
+        self.register_buffer("image_rp_bucket", image_bucket_table(cfg.image_bucket_size), persistent=False)
+        self.register_buffer(
+            "image_position_idx",
+            code_position_index(cfg.code_image_size, cfg.image_bucket_size), persistent=False)
+
+    def _positions(self, T: int, code_masks):
+        """Raw and layer-normed target position embeddings, [1|B, T, d] each."""
+        text_raw = self.embed_positions.weight[:T][None]
+        text = self.pos_ln(text_raw)
+        if code_masks is None:
+            return text_raw, text
+        code_raw = self.embed_image_positions(self.image_position_idx[:T])[None]
+        code = self.image_pos_ln(code_raw)
+        return _per_sample(code_masks, text_raw, code_raw), _per_sample(code_masks, text, code)
+
+    def _self_rel_bias(self, j: int, T: int, code_masks):
+        """Layer j's relative bias for the decoder self-attention: [1|B, H, T, T]."""
+        text = self.token_rel_pos_table_list[j](self.token_rp_bucket[:T, :T]).permute(2, 0, 1)[None]
+        if code_masks is None:
+            return text
+        idx = self.image_position_idx[:T]
+        code = self.image_rel_pos_table_list[j](self.image_rp_bucket[idx][:, idx]).permute(2, 0, 1)[None]
+        return _per_sample(code_masks, text, code)
+
+    def _embed(self, tokens_BTq, pos_raw, code_masks):
+        x = self.embed_scale * self.embed_tokens(tokens_BTq)
+        if not self.cfg.disable_entangle:  # upstream quirk, off for the released weights
+            x = x + pos_raw[:, -tokens_BTq.shape[1]:]
+        if self.layernorm_embedding is not None:
+            text = self.layernorm_embedding(x)
+            code = self.code_layernorm_embedding(x) if self.code_layernorm_embedding is not None else text
+            x = _per_sample(code_masks, text, code)
+        return F.dropout(x, p=self.cfg.dropout, training=self.training)
+
+    def forward(self, prev_output_tokens, encoder_out: dict, code_masks=None,
+                cache: list | None = None):
+        """Returns (logits [B, Tq, V], extra). With ``cache`` (a list, one dict per layer,
+        filled on the first call) only the last position is computed."""
+        B, T = prev_output_tokens.shape
+        Tq = 1 if cache is not None else T
+        pos_raw, pos = self._positions(T, code_masks)
+        self_abs = position_bias(self.self_pos_q_linear, self.self_pos_k_linear, pos[:, -Tq:], pos,
+                                 self.head_dim, self.pos_scaling)
+        cross_bias = position_bias(self.cross_pos_q_linear, self.cross_pos_k_linear, pos[:, -Tq:],
+                                   encoder_out["position_embeddings"], self.head_dim, self.pos_scaling)
+        x = self._embed(prev_output_tokens[:, -Tq:], pos_raw, code_masks)
+        self_padding = prev_output_tokens.eq(self.cfg.pad)
+        if cache is not None and not cache:
+            cache.extend({} for _ in self.layers)
+        for j, layer in enumerate(self.layers):
+            self_bias = self_abs + self._self_rel_bias(j, T, code_masks)[:, :, -Tq:]
+            x = layer(x, encoder_out["encoder_out"], encoder_out["padding_mask"], self_padding,
+                      self_bias, cross_bias, cache[j] if cache is not None else None)
+        features = x
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return self.output_projection(x), {"features": features, "hidden": x}
+
+
+def reorder_cache(cache: list, new_order: torch.Tensor) -> None:
+    """Select/repeat batch rows of every cached K/V in place (beam search)."""
+    for layer_cache in cache:
+        for part in layer_cache.values():
+            for key in ("k", "v"):
+                if key in part:
+                    part[key] = part[key].index_select(0, new_order)

@@ -1,0 +1,67 @@
+"""OFA's image backbone: the first three stages of a ResNet v1.5 (stride on the 3x3 conv).
+
+Output: [B, 1024, H/16, W/16]. Module names match the released checkpoints
+(``conv1``, ``bn1``, ``layer{1,2,3}.{i}.{conv,bn}{1,2,3}``, ``downsample.{0,1}``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ofa_ds.model.layers import DropPath, drop_path_rates
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.1)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_ch: int, planes: int, stride: int, drop_path: float):
+        super().__init__()
+        out_ch = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, planes, 1, bias=False)
+        self.bn1 = _bn(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = _bn(planes)
+        self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
+        self.bn3 = _bn(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                                            _bn(out_ch))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(shortcut + self.drop_path(y))
+
+
+class ResNetBackbone(nn.Module):
+    out_channels = 1024
+    stride = 16
+
+    def __init__(self, blocks: tuple[int, int, int], drop_path_rate: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = _bn(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_ch = 64
+        for stage, (n_blocks, planes, stride) in enumerate(zip(blocks, (64, 128, 256), (1, 2, 2)), 1):
+            # Block 0 of each stage never drops; the rest ramp linearly up to the rate.
+            rates = drop_path_rates(drop_path_rate, n_blocks)
+            layer = []
+            for i in range(n_blocks):
+                layer.append(Bottleneck(in_ch, planes, stride if i == 0 else 1, 0.0 if i == 0 else rates[i]))
+                in_ch = planes * Bottleneck.expansion
+            setattr(self, f"layer{stage}", nn.Sequential(*layer))
+
+    def forward(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images_B3HW))))
+        return self.layer3(self.layer2(self.layer1(x)))
