@@ -170,8 +170,9 @@ def save_pretrained(model, path, format: str = "ofa-ds") -> Path:
                                                    indent=2) + "\n")
         return path
     state = sda.fairseq_to_hf_names(_unique_state(model))
-    hf_buffers = sda.derived_buffers(config, code_tail=768)
-    state.update({k: v for k, v in hf_buffers.items()})
+    # The HF port pads the code-position index with 768 fillers (fairseq: 769). The bucket
+    # tables (66 MB) are left out: the HF model builds them in its constructor.
+    state["decoder.image_position_idx"] = sda.derived_buffers(config, code_tail=768)["decoder.image_position_idx"]
     save_file(state, path / HF_SAFETENSORS, metadata={"format": "pt"})
     (path / HF_CONFIG).write_text(json.dumps(sda.hf_config(config), indent=2) + "\n")
     return path
