@@ -326,10 +326,10 @@ def pretrain_config(root, **overrides):
     from ofa_ds.data.pretrain import PretrainDataConfig
 
     pre = Path(root) / "pretrain"
-    return PretrainDataConfig(
-        vision_language=str(pre / "vision_language_examples.tsv"), text=str(pre / "text_examples.tsv"),
-        image=str(pre / "image_examples.tsv"), detection=str(pre / "detection_examples.tsv"),
-        negative_sample_dir=str(pre / "negative_sample"), **overrides)
+    paths = dict(vision_language=str(pre / "vision_language_examples.tsv"), text=str(pre / "text_examples.tsv"),
+                 image=str(pre / "image_examples.tsv"), detection=str(pre / "detection_examples.tsv"),
+                 negative_sample_dir=str(pre / "negative_sample"))
+    return PretrainDataConfig(**{**paths, **overrides})
 
 
 def main(argv: list[str] | None = None) -> int:
