@@ -13,7 +13,7 @@
     loader.load_state_dict(ckpt["data"])
 
 Defaults are OFA's pretraining settings (384 px VL images, 256 px extras, 80/30 words,
-1000 bins over a 512 px canvas, 196 sampled patches). One file per stream: the per-epoch
+1000 bins over a 512 px canvas). One file per stream: the per-epoch
 shuffle replaces upstream's list of pre-shuffled copies.
 """
 from __future__ import annotations
@@ -63,8 +63,9 @@ class PretrainDataConfig:
     """Fixed canvas that box coordinates are divided by before binning."""
     resize_max_size: int = 672
     """Clamp of each side in VL RandomResize."""
-    sample_patch_num: int | None = 196
-    """Image patches kept per VL image in pair mode (set into the VL batch's net_input); None keeps all."""
+    sample_patch_num: int | None = None
+    """If set, the loader writes it into the VL batch's ``net_input`` in pair mode (OFA uses 196 when
+    pretraining at 384 px). None leaves it to the task, which passes its own setting to the model."""
     extras_loss_weight: float = 1.0
     """Weight of the extras group's per-token loss next to the VL group's."""
     strict: bool = False

@@ -13,6 +13,8 @@ Other deviations, all deliberate:
   (spec §10.13) is not reproduced.
 * Geometric RandomAugment ops use PIL's affine warp with bilinear sampling and grey (128) fill,
   where upstream uses OpenCV. Same parameters, slightly different interpolation at edges.
+* Resize-then-crop runs as one PIL resample of just the kept window (:func:`resized_crop`),
+  which matches the two-step result up to a level or two of rounding in rare pixels.
 
 Boxes are float tensors ``[N, 4]`` of ``x0, y0, x1, y1`` in pixels of the current image.
 """
@@ -58,12 +60,30 @@ def resize(img: Image.Image, new_w: int, new_h: int, boxes: torch.Tensor | None 
     return img, boxes
 
 
+def resized_crop(img: Image.Image, new_w: int, new_h: int, left: int, top: int, size: int) -> Image.Image:
+    """``resize(img, new_w×new_h)`` then crop ``size``×``size`` at (left, top), computing only the
+    kept pixels: PIL's ``resize(box=...)`` takes the filter support from the whole source image,
+    so the result equals resize-then-crop (up to rare rounding by a level or two) at a fraction of
+    the cost.
+    Crops reaching outside the resized image fall back to the two steps (PIL pads with black)."""
+    if left < 0 or top < 0 or left + size > new_w or top + size > new_h:
+        return img.resize((new_w, new_h), Image.BICUBIC).crop((left, top, left + size, top + size))
+    sx, sy = img.width / new_w, img.height / new_h
+    return img.resize((size, size), Image.BICUBIC,
+                      box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+
+
+def random_resize_size(img: Image.Image, scales: Sequence[int], max_size: int, rng: np.random.Generator):
+    """OFA's RandomResize target (new_w, new_h): shorter side to a uniformly drawn scale, sides
+    clamped to max_size."""
+    size = int(scales[int(rng.integers(len(scales)))])
+    return shorter_side_size(img.width, img.height, size, max_size)
+
+
 def random_resize(img: Image.Image, scales: Sequence[int], max_size: int, rng: np.random.Generator,
                   boxes: torch.Tensor | None = None):
-    """OFA's RandomResize: shorter side to a uniformly drawn scale, sides clamped to max_size."""
-    size = int(scales[int(rng.integers(len(scales)))])
-    new_w, new_h = shorter_side_size(img.width, img.height, size, max_size)
-    return resize(img, new_w, new_h, boxes)
+    """OFA's RandomResize of the image (and boxes)."""
+    return resize(img, *random_resize_size(img, scales, max_size, rng), boxes)
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -71,19 +91,46 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return TF.center_crop(img, [size, size])
 
 
-def object_center_crop(img: Image.Image, box: torch.Tensor, size: int):
-    """Crop ``size``×``size`` centred on the box, pushed inside the image (spec §3.4).
+def random_resize_center_crop(img: Image.Image, scales: Sequence[int], max_size: int, size: int,
+                              rng: np.random.Generator) -> Image.Image:
+    """RandomResize followed by CenterCrop(size), as one resampling (see :func:`resized_crop`)."""
+    new_w, new_h = random_resize_size(img, scales, max_size, rng)
+    # torchvision's CenterCrop offsets
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    if left < 0 or top < 0:
+        return center_crop(img.resize((new_w, new_h), Image.BICUBIC), size)
+    return resized_crop(img, new_w, new_h, left, top, size)
 
-    The crop offset is rounded for the pixels (as PIL does) but the box is shifted by the exact
-    float offset, then clipped to the crop; the box is never dropped.
-    """
+
+def object_center_offset(box: torch.Tensor, width: int, height: int, size: int) -> tuple[float, float]:
+    """(left, top) of ObjectCenterCrop: a size×size window centred on the box, pushed inside
+    the image (spec §3.4)."""
     x0, y0, x1, y1 = box.tolist()
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    left = max(cx - size / 2 + min(img.width - cx - size / 2, 0), 0)
-    top = max(cy - size / 2 + min(img.height - cy - size / 2, 0), 0)
+    left = max(cx - size / 2 + min(width - cx - size / 2, 0), 0)
+    top = max(cy - size / 2 + min(height - cy - size / 2, 0), 0)
+    return left, top
+
+
+def shift_clip(boxes: torch.Tensor, left: float, top: float, size: int) -> torch.Tensor:
+    return (boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)).clamp(0, size)
+
+
+def object_center_crop(img: Image.Image, box: torch.Tensor, size: int):
+    """ObjectCenterCrop. The crop offset is rounded for the pixels (as PIL does) but the box is
+    shifted by the exact float offset, then clipped to the crop; the box is never dropped."""
+    left, top = object_center_offset(box, img.width, img.height, size)
     img = img.crop((round(left), round(top), round(left) + size, round(top) + size))
-    box = (box - torch.tensor([left, top, left, top])).clamp(0, size)
-    return img, box
+    return img, shift_clip(box, left, top, size)
+
+
+def random_resize_object_crop(img: Image.Image, box: torch.Tensor, scales: Sequence[int], max_size: int,
+                              size: int, rng: np.random.Generator):
+    """RandomResize (image and box) then ObjectCenterCrop, as one resampling."""
+    new_w, new_h = random_resize_size(img, scales, max_size, rng)
+    box = box * torch.tensor([new_w / img.width, new_h / img.height] * 2, dtype=box.dtype)
+    left, top = object_center_offset(box, new_w, new_h, size)
+    return resized_crop(img, new_w, new_h, round(left), round(top), size), shift_clip(box, left, top, size)
 
 
 def hflip(img: Image.Image, boxes: torch.Tensor):
@@ -110,10 +157,10 @@ def large_scale_jitter(img: Image.Image, boxes: torch.Tensor, size: int, rng: np
     target = round(rng.uniform(*scale_range) * size)
     factor = max(target / img.height, target / img.width)
     new_h, new_w = round(img.height * factor), round(img.width * factor)
-    img, boxes = resize(img, new_w, new_h, boxes)
+    boxes = boxes * torch.tensor([new_w / img.width, new_h / img.height] * 2, dtype=boxes.dtype)
     top, left = (np.floor(np.array([new_h - size, new_w - size]) * rng.random(2))).astype(int).tolist()
-    img = img.crop((left, top, left + size, top + size))
-    boxes = (boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)).clamp(0, size)
+    img = resized_crop(img, new_w, new_h, left, top, size)
+    boxes = shift_clip(boxes, left, top, size)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return img, boxes[keep], keep
 

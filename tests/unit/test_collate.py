@@ -47,7 +47,7 @@ def loader_batch(tmp_path_factory):
     write_sample_data(root, vl_rows=16, text_rows=8, image_rows=4, detection_rows=4, finetune_rows=4,
                       code_image_size=16, vocab_size=300)
     vocab = Vocabulary.from_dir(root / "vocab")
-    cfg = pretrain_config(root, patch_image_size=48, code_image_size=16)
+    cfg = pretrain_config(root, patch_image_size=48, code_image_size=16, sample_patch_num=196)
     loader = build_pretrain_loader(cfg, vocab, micro_batch_vl_rows=8)
     return vocab, next(iter(loader))
 

@@ -94,3 +94,21 @@ def test_check_box_reasons():
     assert T.check_box([0, 0, 10, 10], 10, 10) is None
     assert T.check_box([0, 0, 11, 10], 10, 10)[0] == "box outside image"
     assert T.check_box([5, 0, 5, 10], 10, 10)[0] == "empty box"
+
+
+def test_one_step_resize_and_crop_equal_the_two_step_transforms():
+    # Same pixels up to float rounding of the sub-pixel box (a few levels on pure noise).
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    scales = list(range(384, 481))
+    box = torch.tensor([200.0, 20.0, 310.0, 90.0])
+    for seed in range(4):
+        fast = T.random_resize_center_crop(img, scales, 672, 384, _rng(seed))
+        slow = T.center_crop(T.random_resize(img, scales, 672, _rng(seed))[0], 384)
+        diff = np.abs(np.asarray(fast, dtype=int) - np.asarray(slow, dtype=int))
+        assert fast.size == (384, 384) and diff.max() <= 2 and (diff > 0).mean() < 0.01
+
+        fast_img, fast_box = T.random_resize_object_crop(img, box, scales, 672, 384, _rng(seed))
+        resized, boxes = T.random_resize(img, scales, 672, _rng(seed), box[None])
+        slow_img, slow_box = T.object_center_crop(resized, boxes[0], 384)
+        diff = np.abs(np.asarray(fast_img, dtype=int) - np.asarray(slow_img, dtype=int))
+        assert torch.allclose(fast_box, slow_box) and diff.max() <= 2 and (diff > 0).mean() < 0.01

@@ -142,8 +142,8 @@ class VisionLanguageStream:
             answer = max(answers, key=answers.get)  # first of the best on ties, as upstream
             src, tgt, conf = enc(" " + q), enc(" " + answer), answers[answer]
 
-        img = T.random_resize(image, self.scales, self.resize_max_size, rng)[0]
-        img = self.augment(T.center_crop(img, self.size), rng)
+        img = T.random_resize_center_crop(image, self.scales, self.resize_max_size, self.size, rng)
+        img = self.augment(img, rng)
         pixels = T.to_tensor(img)
         main = seq2seq(self.vocab, uniq_id, src, tgt, pixels, patch_mask=True, code_mask=None, conf=conf)
         if kind == "caption" and dataset_name == "cc12m":
@@ -191,9 +191,8 @@ class VisionLanguageStream:
         if why:
             raise self._bad(index, "refs", *why)
 
-        img, boxes = T.random_resize(image, self.scales, self.resize_max_size, rng,
-                                     torch.tensor([box], dtype=torch.float32))
-        img, box_t = T.object_center_crop(img, boxes[0], self.size)
+        img, box_t = T.random_resize_object_crop(image, torch.tensor(box, dtype=torch.float32), self.scales,
+                                                 self.resize_max_size, self.size, rng)
         pixels = T.to_tensor(img)
         bins = [self.vocab.bin_id(int(b)) for b in T.quantize(box_t, self.max_image_size, self.num_bins)]
 
