@@ -153,6 +153,17 @@ def test_resume_mid_epoch_yields_the_identical_remaining_batches(data, workers_b
     assert_same_batches(taken + rest, expected)
 
 
+def test_resume_on_another_world_size_restarts_at_the_rows_already_read(data, caplog):
+    one = make_loader(data)
+    it = iter(one)
+    next(it), next(it)  # 16 of the epoch's rows read
+    state = one.state_dict()
+    two = make_loader(data, rank=1, world_size=2)
+    with caplog.at_level(logging.WARNING, logger="ofa_ds.data"):
+        two.load_state_dict(state)
+    assert (two.epoch, two.batch_index) == (1, 1) and "restarting at micro-batch 1" in caplog.text
+
+
 def test_resume_refuses_different_data(data):
     loader = make_loader(data)
     state = loader.state_dict()
