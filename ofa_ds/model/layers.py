@@ -13,7 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ofa_ds import kernels
 from ofa_ds.kernels import attention as attention_kernel
+from ofa_ds.kernels.elementwise import gelu_fp32  # noqa: F401  (re-exported; used by callers)
 
 
 def drop_path_rates(rate: float, n: int) -> list[float]:
@@ -21,13 +23,9 @@ def drop_path_rates(rate: float, n: int) -> list[float]:
     return [rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
 
 
-def layer_norm(dim: int) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, eps=1e-5)
-
-
-def gelu_fp32(x: torch.Tensor) -> torch.Tensor:
-    """Exact (erf) GELU on a float32 copy, as fairseq does for fp16/bf16 stability."""
-    return F.gelu(x.float()).type_as(x)
+def layer_norm(dim: int) -> nn.Module:
+    """eps 1e-5 LayerNorm; the implementation (torch or apex) is chosen in ofa_ds.kernels."""
+    return kernels.layer_norm(dim, eps=1e-5)
 
 
 class DropPath(nn.Module):
@@ -97,7 +95,9 @@ class OFAAttention(nn.Module):
 
 
 def _ffn(layer, x):
-    y = gelu_fp32(layer.fc1(x))
+    if getattr(layer, "moe", None) is not None:  # set by ofa_ds.model.moe.apply_moe
+        return layer.moe(x)
+    y = kernels.bias_gelu(layer.fc1(x))  # gelu_fp32, possibly fused
     y = F.dropout(y, p=layer.activation_dropout, training=layer.training)
     if layer.ffn_layernorm is not None:
         y = layer.ffn_layernorm(y)
@@ -113,10 +113,10 @@ class _Sublayers(nn.Module):
         y = branch(y)
         if mid_norm is not None:
             y = mid_norm(y)
-        y = F.dropout(y, p=self.dropout, training=self.training)
         if self.w_resid is not None:
             residual = residual * self.w_resid
-        x = residual + self.drop_path(y)
+        # residual + drop_path(dropout(y)), possibly fused
+        x = kernels.dropout_add(y, residual, self.dropout, self.training, self.drop_path)
         return x if self.normalize_before else pre_norm(x)
 
     def _ffn_block(self, x):
