@@ -118,6 +118,9 @@ def apply_tensor_parallel(model: nn.Module, tp, *, gather_output: bool = False) 
     Raises ``ValueError`` for an ``nn.Linear`` that no rule covers.
     """
     tp = _as_tp(tp)
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        raise ValueError("the model's parameters are already ZeRO-3 partitioned (built under zero.Init or "
+                         "after deepspeed.initialize); apply the TP plan to the full model first")
     refs: dict[int, list[tuple[nn.Module, str, str]]] = {}  # id(child) -> [(parent, attr, fqn)]
     for parent_name, parent in model.named_modules(remove_duplicate=False):
         for attr, child in parent._modules.items():
@@ -137,6 +140,8 @@ def apply_tensor_parallel(model: nn.Module, tp, *, gather_output: bool = False) 
         if len(rules) > 1:
             raise ValueError(f"module shared under names {[f for _, _, f in places]} gets conflicting rules {rules}")
         rule = rules.pop()
+        if next(module.parameters(), None) is None:
+            continue  # e.g. the pipeline pieces' nn.Identity stand-ins for embed_tokens
         if rule is None or rule == "replicate":
             if rule is None and isinstance(module, nn.Linear):
                 uncovered.append(places[0][2])

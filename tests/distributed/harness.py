@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ def _entry(local_rank, fn, world_size, port, out_dir, use_deepspeed, args):
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       DS_ACCELERATOR="cpu")
     torch.set_num_threads(1)
+    warnings.simplefilter("ignore", FutureWarning)  # DeepSpeed's deprecated c10d calls, once per step
     init_worker_process_group(use_deepspeed)
     result = fn(local_rank, world_size, *args)
     torch.save(result, Path(out_dir) / f"rank{local_rank}.pt")

@@ -35,8 +35,8 @@ def make_batch(vocab: int = VOCAB, B: int = 4, S: int = 7, T: int = 6, image: in
     constraint.scatter_(-1, target[..., None], True)
     return dict(src_tokens=src, prev_output_tokens=prev,
                 patch_images=torch.randn(B, 3, image, image, generator=g),
-                patch_masks=torch.tensor([True, False, True, True][:B]),
-                code_masks=torch.tensor([False, False, True, False][:B]),
+                patch_masks=torch.arange(B) != 1,
+                code_masks=torch.arange(B) == B - 1 if B < 4 else torch.arange(B) == 2,
                 target=target, conf=torch.rand(B, generator=g) + 0.5, constraint_masks=constraint)
 
 
@@ -189,5 +189,159 @@ def tp_parity(rank: int, world: int) -> dict:
         lt = gather_vocab_logits(model(**inputs)[0], tp)
     report["gather_logits_maxdiff"] = (lf - lt).abs().max().item()
     assert_close(lt, lf, "logits after gather")
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+LR, CLIP = 1e-3, 1.0
+
+
+def ds_config(stage: int, micro: int = 2, gas: int = 1, dp: int = 1, **extra) -> dict:
+    """fp32, torch AdamW (no JIT-compiled op), clipping on so the global grad norm across
+    TP/PP ranks is part of what the parity checks."""
+    config = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": gas,
+              "train_batch_size": micro * gas * dp, "gradient_clipping": CLIP,
+              "optimizer": {"type": "AdamW", "params": {"lr": LR, "weight_decay": 0.0, "torch_adam": True}},
+              "zero_optimization": {"stage": stage}, "steps_per_print": 10**9}
+    config.update(extra)
+    return config
+
+
+def reference_training(cfg, state_dict, steps: list[list[dict]]) -> list[list[float]]:
+    """Single-device AdamW + clipping; each step averages the gradients of its micro-batches
+    (= gradient accumulation, or data parallelism over them). Returns the micro-batch
+    losses of every step."""
+    model = OFAModel(cfg).train()
+    model.load_state_dict(state_dict)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    out = []
+    for micro_batches in steps:
+        opt.zero_grad()
+        losses = []
+        for b in micro_batches:
+            loss, _ = reference_loss(model(**model_inputs(b))[0], b)
+            (loss / len(micro_batches)).backward()
+            losses.append(loss.item())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        out.append(losses)
+    return out
+
+
+def pp_parity(rank: int, world: int, ckpt_dir: str, tp: int) -> dict:
+    """PP=2 (x TP=tp) DeepSpeed pipeline vs a single-device AdamW loop: 3 optimizer steps of
+    2 micro-batches whose shapes change every step (dynamic_shape), ZeRO-1, clipping; then
+    a checkpoint round trip that must restore the tied embedding on both stages."""
+    from ofa_ds.parallel import (ParallelDims, build_groups, build_pipeline_module, deepspeed_initialize,
+                                 make_pipeline_loss_fn)
+    from ofa_ds.parallel.pipeline import load_single_state_dict, pipeline_batch
+
+    t0 = time.perf_counter()
+    cfg = get_flavor("test", vocab_size=VOCAB, dropout=0.0)
+    config = ds_config(stage=1, gas=2)
+    if tp > 1:
+        config["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
+    dims = ParallelDims(pp=2, tp=tp, zero_stage=1, precision="fp32").validate(world, cfg, config)
+    groups = build_groups(dims)
+    torch.manual_seed(0)
+    state_dict = OFAModel(cfg).state_dict()
+    loss_fn = make_pipeline_loss_fn(groups.tp if tp > 1 else None, OPTIONS)
+    module = build_pipeline_module(cfg, dims, groups, loss_fn, state_dict=state_dict, image_size=32,
+                                   text_len=8, tgt_len=7)
+    engine, *_ = deepspeed_initialize(module, groups, config, model_parameters=list(module.parameters()))
+    steps = [[make_batch(B=2, S=7 + k, T=6 + k, image=32 + 16 * (k % 2), seed=10 * k + m) for m in range(2)]
+             for k in range(3)]
+    t1 = time.perf_counter()
+    losses = [engine.train_batch(iter([pipeline_batch(b) for b in mbs])).item() for mbs in steps]
+    train_s = time.perf_counter() - t1
+    expected = [sum(ls) / len(ls) for ls in reference_training(cfg, state_dict, steps)]
+    for k, (got, want) in enumerate(zip(losses, expected)):
+        assert_close(torch.tensor(got), torch.tensor(want), f"pp2xtp{tp} loss at step {k}")
+
+    # The tied embedding lives on stage 0 (saved there) and on the last stage.
+    tied = module.tied_modules["embed_tokens"].encoder.embed_tokens.weight
+    engine.save_checkpoint(ckpt_dir, tag="t")
+    saved = tied.detach().clone()
+    with torch.no_grad():
+        tied.add_(1.0)
+    engine.load_checkpoint(ckpt_dir, tag="t")
+    assert torch.equal(tied.detach(), saved), "tied embedding not restored from the checkpoint"
+
+    report = {"losses": losses, "expected": expected, "parts": module.parts, "train_s": train_s}
+    if tp == 1 and rank == 0:
+        # The sequential twin is the single-device model, piece by piece.
+        seq = module.to_sequential()
+        load_single_state_dict(seq, state_dict)
+        b = steps[0][0]
+        inputs, labels = pipeline_batch(b)
+        single = OFAModel(cfg)
+        single.load_state_dict(state_dict)
+        got = seq.loss_fn(seq(inputs), labels)
+        want, _ = reference_loss(single(**model_inputs(b))[0], b)
+        assert_close(got, want, "to_sequential loss")
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+def zero3_tp(rank: int, world: int) -> dict:
+    """ZeRO-3 and ZeRO-3 + CPU offload (params and optimizer) x TP=2 x DP=world/2 vs a
+    single-device AdamW loop over 3 steps; plus the zero.Init traps."""
+    import deepspeed
+    from ofa_ds.parallel import ParallelDims, apply_tensor_parallel, build_groups, deepspeed_initialize, zero_init
+    from ofa_ds.parallel.engine_glue import check_zero3_partitioning
+
+    t0 = time.perf_counter()
+    cfg = get_flavor("test", vocab_size=VOCAB, dropout=0.0)
+    dp = world // 2
+    report = {}
+    for offload in (False, True):
+        config = ds_config(stage=3, dp=dp)
+        if offload:
+            config["zero_optimization"].update(offload_param={"device": "cpu"}, offload_optimizer={"device": "cpu"})
+        dims = ParallelDims(tp=2, zero_stage=3, offload=offload, precision="fp32").validate(world, cfg, config)
+        groups = build_groups(dims)
+        torch.manual_seed(0)
+        single = OFAModel(cfg)
+        state_dict = copy.deepcopy(single.state_dict())
+        apply_tensor_parallel(single, groups)
+        engine, *_ = deepspeed_initialize(single, groups, config, model_parameters=list(single.parameters()))
+        # step k: DP rank r trains on micro-batch r; the reference averages them.
+        steps = [[make_batch(B=2, S=6 + k, T=5 + k, seed=100 * k + r) for r in range(dp)] for k in range(3)]
+        losses = []
+        for micro_batches in steps:
+            b = micro_batches[groups.dp_rank]
+            loss, _ = parallel_loss(engine(**model_inputs(b))[0], b, groups.tp)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        expected = [mbs[groups.dp_rank] for mbs in reference_training(cfg, state_dict, steps)]
+        for k, (got, want) in enumerate(zip(losses, expected)):
+            assert_close(torch.tensor(got), torch.tensor(want), f"zero3 offload={offload} loss at step {k}")
+        report[f"offload={offload}"] = {"losses": losses, "expected": expected}
+        engine.destroy()
+
+    # Trap: zero.Init without the DP group partitions over the whole world.
+    config = ds_config(stage=3, dp=dp)
+    dims = ParallelDims(tp=2, zero_stage=3, precision="fp32").validate(world, cfg, config)
+    groups = build_groups(dims)
+    # (no train_batch_size: without an mpu DeepSpeed checks it against the whole world)
+    bare = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 3}}
+    with deepspeed.zero.Init(config_dict_or_path=bare):
+        wrong = torch.nn.Linear(8, 6)
+    try:
+        check_zero3_partitioning(wrong, groups)
+        raise AssertionError("a world-partitioned ZeRO-3 module passed the DP-group check")
+    except ValueError as e:
+        assert "data_parallel_group" in str(e)
+    with zero_init(groups, config):
+        # init_weights=False: init_ofa_weights indexes rows of partitioned (empty) tensors
+        right = OFAModel(cfg, init_weights=False)
+    check_zero3_partitioning(right, groups)
+    try:
+        apply_tensor_parallel(right, groups)
+        raise AssertionError("the TP plan accepted ZeRO-3 partitioned parameters")
+    except ValueError as e:
+        assert "partitioned" in str(e)
     report["seconds"] = time.perf_counter() - t0
     return report
