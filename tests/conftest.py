@@ -34,3 +34,15 @@ def ofa_bpe_dir(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def golden_dir(shared: Path) -> Path:
     return shared / "fixtures" / "ofa_golden"
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory) -> Path:
+    """A small offline sample dataset (all streams, finetuning TSVs, a trained BPE)."""
+    from preprocessing.make_sample_data import main as make_sample_data
+
+    root = tmp_path_factory.mktemp("sample_data")
+    args = [str(root), "--vl-rows", "48", "--text-rows", "16", "--image-rows", "8",
+            "--detection-rows", "8", "--finetune-rows", "16", "--code-image-size", "32"]
+    assert make_sample_data(args) == 0
+    return root

@@ -1,0 +1,83 @@
+"""Config loading: defaults < TOML file < ``section.field=value`` overrides; then validate."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import tomllib
+import typing
+from pathlib import Path
+
+from ofa_ds.config.schema import TrainConfig
+
+
+def _coerce(value, annotation, where: str):
+    """Turn a TOML value or a command-line string into the field's declared type."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(value, str) and annotation is not str and value.lower() in ("none", "null"):
+        return None
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+        annotation, origin = args[0], typing.get_origin(args[0])
+    if isinstance(value, str) and annotation is not str:
+        if annotation is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{where}: expected true/false, got {value!r}")
+            return value.lower() in ("true", "1")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as err:
+            raise ValueError(f"{where}: cannot parse {value!r} as {annotation}") from err
+    if annotation is float and isinstance(value, int):
+        return float(value)
+    if origin is tuple:
+        return tuple(value)
+    return value
+
+
+def _apply(section, values: dict, where: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    for key, value in values.items():
+        if key not in hints:
+            raise ValueError(f"{where}: unknown field {key!r}; known: {sorted(hints)}")
+        setattr(section, key, _coerce(value, hints[key], f"{where}.{key}"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    cfg = TrainConfig()
+    if path is not None:
+        data = tomllib.loads(Path(path).read_text())
+        for name, values in data.items():
+            if not hasattr(cfg, name) or not isinstance(values, dict):
+                raise ValueError(f"{path}: unknown section [{name}]")
+            _apply(getattr(cfg, name), values, f"{path}: {name}")
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"override {item!r}: use section.field=value, e.g. train.max_steps=10")
+        key, value = item.split("=", 1)
+        section, field_name = key.strip().split(".", 1)
+        if not hasattr(cfg, section):
+            raise ValueError(f"override {item!r}: unknown section {section!r}")
+        _apply(getattr(cfg, section), {field_name: value}, f"override {section}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    t = cfg.train
+    if t.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"train.precision must be fp32, bf16 or fp16, not {t.precision!r}")
+    if t.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"train.zero_stage must be 0-3, not {t.zero_stage}")
+    if t.offload and t.zero_stage != 3:
+        raise ValueError("train.offload needs train.zero_stage=3")
+    if cfg.task.name == "pretrain" and t.micro_batch % 8:
+        raise ValueError(f"train.micro_batch={t.micro_batch}: pretraining needs a multiple of 8 "
+                         "vision-language rows per rank, so every micro-batch has its extras group")
+    if cfg.task.name not in ("pretrain", "caption"):
+        raise ValueError(f"task.name must be pretrain or caption, not {cfg.task.name!r}")
+    if t.max_steps < 1 or t.grad_accum < 1:
+        raise ValueError("train.max_steps and train.grad_accum must be >= 1")
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,140 @@
+"""The typed training configuration: one TOML file plus dotted command-line overrides.
+
+Precedence: command line > file > the defaults below. Every field has a docstring; the
+DeepSpeed JSON is generated from this config and a template in ``ds_configs/`` (see
+``ofa_ds.engine.ds_config``), so batch sizes, clipping and precision have one source.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelSection:
+    flavor: str = "tiny"
+    """Size: test, tiny, medium, base, large, huge (ofa_ds/config/flavors.py)."""
+    init_from: str | None = None
+    """Continued pretraining / finetuning: a fairseq .pt, OFA-HF dir or ofa-ds dir. Loads the
+    weights only; optimizer, schedule and data position start fresh."""
+    patch_image_size: int | None = None
+    """With init_from: interpolate the image position embeddings to this image size."""
+    vocab_size: int | None = None
+    """Defaults to the vocabulary's size; must equal it."""
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    encoder_drop_path_rate: float = 0.1
+    decoder_drop_path_rate: float = 0.1
+    resnet_drop_path_rate: float = 0.0
+    freeze_resnet: bool = False
+    """Freeze the ResNet: no gradients, BatchNorm on running statistics."""
+    freeze_batchnorm: bool = False
+    """Keep every BatchNorm on running statistics (trainable affine), for small per-GPU batches."""
+    activation_checkpointing: bool = False
+    """Recompute encoder/decoder layers in the backward pass (saves activation memory)."""
+    attention_impl: str = "auto"
+    """reference | sdpa | auto (sdpa on CUDA, reference on CPU)."""
+
+
+@dataclass
+class DataSection:
+    root: str = "sample_data"
+    """Directory that the relative paths below are resolved against."""
+    vocab_dir: str = "vocab"
+    """Directory with encoder.json, vocab.bpe, dict.txt (OFA's utils/BPE, or ofa-ds build-vocab)."""
+    vision_language: str = "pretrain/vision_language_examples.tsv"
+    text: str | None = "pretrain/text_examples.tsv"
+    image: str | None = "pretrain/image_examples.tsv"
+    detection: str | None = "pretrain/detection_examples.tsv"
+    negative_sample_dir: str | None = "pretrain/negative_sample"
+    caption_train: str = "finetune/caption/train.tsv"
+    """Caption finetuning rows: uniq_id, image_id, caption, refs, base64 image (OFA's columns)."""
+    caption_valid: str | None = "finetune/caption/valid.tsv"
+    patch_image_size: int = 384
+    """VL image side (the extras images are 2 x code_image_size)."""
+    code_image_size: int = 128
+    sample_patch_num: int | None = 196
+    """Patches kept per VL image in pair batches (None: all)."""
+    max_src_length: int = 80
+    max_tgt_length: int = 30
+    num_workers: int = 0
+    """DataLoader worker processes per rank."""
+    strict: bool = False
+    """Make the first bad row fatal instead of skipping and counting it."""
+    weights: dict = field(default_factory=dict)
+    """Stream weights, e.g. {vision_language = 16, text = 2, image = 1, detection = 1}; empty = OFA's."""
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    """Decoupled (AdamW), on all parameters as in OFA."""
+    clip_norm: float = 5.0
+    """Global gradient-norm clip (OFA: 5.0 pretraining, 1.0 finetuning); 0 disables."""
+    warmup_ratio: float = 0.01
+    """Linear warm-up over this share of max_steps, then linear decay to end_lr."""
+    end_lr: float = 0.0
+
+
+@dataclass
+class TrainSection:
+    seed: int = 7
+    micro_batch: int = 8
+    """Per-rank micro-batch, in vision-language rows (a multiple of 8 for pretraining)."""
+    grad_accum: int = 1
+    max_steps: int = 100
+    """Optimizer steps."""
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16 (fp16 needs a GPU)."""
+    zero_stage: int = 0
+    offload: bool = False
+    """ZeRO-3 with parameters and optimizer state offloaded to CPU."""
+    out_dir: str = "runs/pretrain"
+    log_every: int = 10
+    save_every: int = 50
+    keep_last: int = 3
+    """Checkpoints to keep (older ones are deleted after a newer one is complete)."""
+    resume: bool = False
+    """Continue from out_dir/checkpoints/latest (same losses as an uninterrupted run)."""
+    tensorboard: bool = True
+    image_log_every: int = 50
+    """Steps between TensorBoard images of one input with its target."""
+    progress_bar: bool = True
+    export_format: str | None = "ofa-ds"
+    """Write the final model to out_dir/final in this format (ofa-ds | hf | fairseq; None: skip)."""
+    deepspeed_template: str = "auto"
+    """File name in ds_configs/ (auto: from zero_stage and offload)."""
+
+
+@dataclass
+class TaskSection:
+    name: str = "pretrain"
+    """pretrain | caption."""
+    label_smoothing: float = 0.0
+    extras_weight: float = 1.0
+    """Weight of the extras group (text/image infilling, detection) in pretraining."""
+    ignore_eos: bool = False
+    drop_worst_ratio: float = 0.0
+    drop_worst_after: int = 0
+    eval_beam: int = 5
+    eval_max_len: int = 16
+
+
+@dataclass
+class ParallelSection:
+    tp: int = 1
+    """Tensor-parallel degree."""
+    pp: int = 1
+    """Pipeline stages (ZeRO-0/1 only)."""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)

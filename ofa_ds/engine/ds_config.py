@@ -1,0 +1,52 @@
+"""The DeepSpeed JSON, generated from the training config and a ``ds_configs/`` template."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ofa_ds.config.schema import TrainConfig
+
+DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+
+
+def _read_template(name: str) -> dict:
+    path = Path(name)
+    if not path.is_file():
+        path = DS_CONFIG_DIR / name
+    if not path.is_file():
+        raise ValueError(f"DeepSpeed template {name!r} not found (looked in {DS_CONFIG_DIR})")
+    return json.loads(path.read_text())
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_ds_config(cfg: TrainConfig, *, on_gpu: bool) -> dict:
+    t, o = cfg.train, cfg.optim
+    template = t.deepspeed_template
+    if template == "auto":
+        template = "zero3_offload.json" if t.offload else f"zero{t.zero_stage}.json"
+    ds = _read_template(template)
+    if t.precision in ("bf16", "fp16"):
+        if t.precision == "fp16" and not on_gpu:
+            raise ValueError("train.precision=fp16 needs a GPU (DeepSpeed refuses fp16 on CPU); use bf16 or fp32")
+        ds = _merge(ds, _read_template(f"{t.precision}.json"))
+    ds.update({
+        "train_micro_batch_size_per_gpu": t.micro_batch,
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": o.clip_norm,
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+    })
+    # torch's AdamW: no JIT-compiled C++ op on CPU; the fused kernel on GPU. Under ZeRO
+    # offload DeepSpeed would want DeepSpeedCPUAdam, which compiles; torch_adam also works there.
+    ds["optimizer"] = {"type": "AdamW", "params": {
+        "lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay,
+        "torch_adam": True, "fused": bool(on_gpu and not t.offload)}}
+    if t.offload:
+        ds["zero_force_ds_cpu_optimizer"] = False
+    return ds

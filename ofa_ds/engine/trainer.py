@@ -1,0 +1,221 @@
+"""The training loop around ``deepspeed.initialize``; task-agnostic.
+
+Build steps, in order: distributed start-up -> vocabulary -> model (fresh or
+``init_from``) -> task and data -> DeepSpeed engine -> optional resume -> loop. The loop
+runs ``grad_accum`` micro-batches per optimizer step; DeepSpeed does accumulation,
+clipping, ZeRO and mixed precision from the generated JSON.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ofa_ds.config.flavors import get_flavor
+from ofa_ds.config.load import to_dict
+from ofa_ds.config.schema import TrainConfig
+from ofa_ds.engine import checkpoint as ckpt
+from ofa_ds.engine.distributed import all_reduce_mean, init_distributed
+from ofa_ds.engine.ds_config import build_ds_config
+from ofa_ds.engine.flops import measure_matmul_peak, training_step_flops
+from ofa_ds.engine.schedule import build_scheduler
+from ofa_ds.tasks import build_task
+from ofa_ds.tasks.base import move_to
+
+logger = logging.getLogger("ofa_ds.train")
+
+MODEL_OVERRIDES = ("dropout", "attention_dropout", "encoder_drop_path_rate", "decoder_drop_path_rate",
+                   "resnet_drop_path_rate")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: TrainConfig, vocab_size: int):
+    from ofa_ds.model.ofa import OFAModel
+
+    m = cfg.model
+    overrides = {k: getattr(m, k) for k in MODEL_OVERRIDES}
+    if m.init_from:
+        # Weights only: the optimizer, schedule and data position start fresh. The image
+        # position table is interpolated when training at another resolution than the
+        # checkpoint's (OFA-Huge went from 256 to 480 px this way).
+        model = OFAModel.from_pretrained(m.init_from, config_overrides=overrides,
+                                         patch_image_size=m.patch_image_size)
+        if model.config.vocab_size != vocab_size:
+            raise ValueError(f"{m.init_from} has a {model.config.vocab_size}-entry vocabulary but "
+                             f"data.vocab_dir gives {vocab_size}; use the checkpoint's vocabulary")
+        return model
+    size = m.vocab_size or vocab_size
+    if size != vocab_size:
+        raise ValueError(f"model.vocab_size={size} differs from the vocabulary's {vocab_size}")
+    return OFAModel(get_flavor(m.flavor, vocab_size=vocab_size, **overrides))
+
+
+def freeze(model, cfg: TrainConfig) -> list[nn.Module]:
+    """Apply the freeze options; returns the BatchNorm modules to keep in eval mode."""
+    if cfg.model.freeze_resnet:
+        for p in model.encoder.embed_images.parameters():
+            p.requires_grad_(False)
+    if cfg.model.freeze_resnet or cfg.model.freeze_batchnorm:
+        return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    return []
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        import deepspeed
+
+        from ofa_ds.data.vocab import Vocabulary
+        from ofa_ds.kernels import set_attention_impl
+
+        self.cfg = cfg
+        self.rank, self.world_size = init_distributed()
+        self.out_dir = Path(cfg.train.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        vocab_dir = Path(cfg.data.vocab_dir)
+        self.vocab = Vocabulary.from_dir(vocab_dir if vocab_dir.is_absolute() else Path(cfg.data.root) / vocab_dir)
+
+        on_gpu = torch.cuda.is_available()
+        impl = cfg.model.attention_impl
+        set_attention_impl(("sdpa" if on_gpu else "reference") if impl == "auto" else impl)
+        seed_everything(cfg.train.seed)
+        model = build_model(cfg, len(self.vocab))
+        self.frozen_bn = freeze(model, cfg)
+        if cfg.model.activation_checkpointing:
+            from ofa_ds.kernels.checkpointing import apply_activation_checkpointing
+
+            apply_activation_checkpointing(model)
+        self.model_config = model.config
+        self.task = build_task(cfg, self.vocab)
+
+        ds_config = build_ds_config(cfg, on_gpu=on_gpu)
+        o = cfg.optim
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=ds_config,
+            lr_scheduler=lambda opt: build_scheduler(opt, total_steps=cfg.train.max_steps,
+                                                     warmup_ratio=o.warmup_ratio, peak_lr=o.lr, end_lr=o.end_lr))
+        self.float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
+        self.loader = self.task.build_train_loader(rank=self.rank, world_size=self.world_size,
+                                                   seed=cfg.train.seed)
+        self.step = 0
+        if cfg.train.resume:
+            self._resume()
+        if self.rank == 0:
+            t = cfg.train
+            global_batch = t.micro_batch * t.grad_accum * self.engine.dp_world_size
+            logger.info("global batch: %d = micro %d x accumulation %d x data-parallel %d (per-rank micro-batch "
+                        "in %s rows)", global_batch, t.micro_batch, t.grad_accum, self.engine.dp_world_size,
+                        "vision-language" if cfg.task.name == "pretrain" else "task")
+            logger.info("model: %s, %s parameters; ZeRO stage %d; precision %s", cfg.model.flavor,
+                        f"{sum(p.numel() for p in model.parameters()):,}", t.zero_stage, t.precision)
+
+    # -- state -----------------------------------------------------------------------
+    def _resume(self) -> None:
+        ours = ckpt.load(self.engine, self.ckpt_dir, rank=self.rank, world_size=self.world_size)
+        self.loader.load_state_dict(ours["data"])
+        ckpt.set_rng_state(ours["rng"])
+        self.step = ours["step"]
+        if self.rank == 0:
+            logger.info("resumed from %s at step %d", ckpt.read_latest(self.ckpt_dir), self.step)
+
+    def save(self) -> str:
+        ours = {"data": self.loader.state_dict(), "config": to_dict(self.cfg)}
+        return ckpt.save(self.engine, self.ckpt_dir, self.step, ours, rank=self.rank,
+                         keep_last=self.cfg.train.keep_last)
+
+    def export(self, path, format: str = "ofa-ds"):
+        """Write the trained model through the checkpoint converter (rank 0)."""
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.train.zero_stage == 3):
+            if self.rank == 0:
+                return self.engine.module.save_pretrained(path, format=format)
+        return None
+
+    # -- loop ------------------------------------------------------------------------
+    def _batches(self):
+        while True:  # one epoch per pass; the loader keeps its own position
+            yield from self.loader
+
+    def _train_mode(self) -> None:
+        self.engine.train()
+        for bn in self.frozen_bn:
+            bn.eval()
+
+    def train_step(self, batches) -> dict:
+        losses, reports = [], []
+        for _ in range(self.cfg.train.grad_accum):
+            batch = move_to(next(batches), self.engine.device, self.float_dtype)
+            loss, report = self.task.training_forward(self.engine, batch, update_num=self.step)
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.item())
+            reports.append(report)
+            self._last_batch = batch
+        self.step += 1
+        stream_keys = sorted(k for k in reports[0] if k.endswith("_loss"))
+        means = [float(np.mean(losses))] + [float(np.mean([r[k] for r in reports])) for k in stream_keys]
+        means = all_reduce_mean(means)
+        out = {"loss": means[0], **dict(zip(stream_keys, means[1:]))}
+        out["ntokens"] = sum(r["ntokens"] for r in reports) * self.world_size
+        out["nsamples"] = sum(r["nsamples"] for r in reports) * self.world_size
+        return out
+
+    def run(self, until_step: int | None = None) -> list[dict]:
+        """Train to ``train.max_steps`` (or stop early at ``until_step``, as a kill would:
+        the schedule still spans max_steps)."""
+        from ofa_ds.engine.metrics import MetricsLogger
+
+        t = self.cfg.train
+        metrics = MetricsLogger(self.out_dir, enabled=self.rank == 0, tensorboard=t.tensorboard,
+                                progress=t.progress_bar, total_steps=t.max_steps, initial_step=self.step)
+        peak = measure_matmul_peak(self.engine.device, self.float_dtype or torch.float32)
+        batches = self._batches()
+        self._train_mode()
+        history = []
+        stop = t.max_steps if until_step is None else min(until_step, t.max_steps)
+        while self.step < stop:
+            t0 = time.perf_counter()
+            out = self.train_step(batches)
+            dt = time.perf_counter() - t0
+            flops = training_step_flops(self.model_config, self.task.flops_inputs(self._last_batch))
+            out.update(lr=self.scheduler.get_last_lr()[0], grad_norm=self._grad_norm(),
+                       loss_scale=self._loss_scale(), step_time=dt,
+                       samples_per_s=out["nsamples"] / dt, tokens_per_s=out["ntokens"] / dt,
+                       mfu=flops["total"] * t.grad_accum / dt / peak)
+            history.append({"step": self.step, **out})
+            metrics.log_step(self.step, out)
+            if t.image_log_every and self.step % t.image_log_every == 1 % t.image_log_every:
+                metrics.log_example(self.step, *self.task.example_for_logging(self._last_batch))
+            if t.save_every and (self.step % t.save_every == 0 or self.step == t.max_steps):
+                self.save()
+                evaluation = self.task.evaluate(self.engine.module, device=self.engine.device)
+                if evaluation:
+                    metrics.log_eval(self.step, evaluation)
+                    self._train_mode()
+        metrics.close()
+        return history
+
+    def _grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def _loss_scale(self) -> float:
+        return float(getattr(self.engine.optimizer, "cur_scale", getattr(self.engine.optimizer, "loss_scale", 1.0)) or 1.0)
+
+
+def dump_config(cfg: TrainConfig, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str) + "\n")

@@ -1,0 +1,74 @@
+"""The Task contract: what the engine needs from pretraining or a finetuning head.
+
+The engine never knows which objective it runs. A task builds its data loader, turns a
+batch into ``(loss, report)``, and may evaluate. ``report`` holds plain floats for logging;
+every ``*_loss`` entry is also logged per stream.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from ofa_ds.tasks.criterion import LossOptions, LossOutput, label_smoothed_cross_entropy
+
+
+class Loader(Protocol):
+    """An iterable of batches (one epoch per ``iter()``) whose position can be saved."""
+
+    def __iter__(self): ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Task:
+    name = "base"
+
+    def __init__(self, cfg, vocab):
+        self.cfg = cfg
+        self.vocab = vocab
+        t = cfg.task
+        self.loss_options = LossOptions(label_smoothing=t.label_smoothing, ignore_eos=t.ignore_eos,
+                                        drop_worst_ratio=t.drop_worst_ratio,
+                                        drop_worst_after=t.drop_worst_after)
+
+    def build_train_loader(self, *, rank: int, world_size: int, seed: int) -> Loader:
+        raise NotImplementedError
+
+    def training_forward(self, model, batch, *, update_num: int) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def evaluate(self, model, *, device) -> dict:
+        """Metrics on the validation split; empty when the task has none."""
+        return {}
+
+    def example_for_logging(self, batch) -> tuple[torch.Tensor, str]:
+        """One input image [3, H, W] in [0, 1] and its target text, for TensorBoard."""
+        b = batch[0] if isinstance(batch, (tuple, list)) else batch
+        image = (b["net_input"]["patch_images"][0].float() * 0.5 + 0.5).clamp(0, 1)
+        target = b["target"][0]
+        return image, self.vocab.decode(target[target.ne(self.vocab.pad)].tolist())
+
+    # -- shared helpers ------------------------------------------------------------------
+    def group_loss(self, model, group: dict, *, update_num: int, sample_patch_num=None) -> LossOutput:
+        net_input = dict(group["net_input"])
+        if sample_patch_num is not None:
+            net_input["sample_patch_num"] = sample_patch_num
+        logits, _ = model(**net_input)
+        return label_smoothed_cross_entropy(logits, group["target"], group.get("conf"),
+                                            options=self.loss_options,
+                                            constraint_masks_BTV=group.get("constraint_masks"),
+                                            pad=self.vocab.pad, eos=self.vocab.eos, update_num=update_num)
+
+
+def move_to(batch, device, float_dtype=None):
+    """Tensors to ``device``; floating ones (images) to ``float_dtype`` when given."""
+    if isinstance(batch, torch.Tensor):
+        if float_dtype is not None and batch.is_floating_point():
+            batch = batch.to(float_dtype)
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device, float_dtype) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device, float_dtype) for v in batch)
+    return batch

@@ -1,0 +1,68 @@
+"""``ofa-ds pretrain`` and ``ofa-ds finetune``: config file + dotted overrides -> Trainer.
+
+Examples::
+
+    ofa-ds pretrain --config launch/configs/pretrain_demo_cpu.toml train.max_steps=20
+    deepspeed --num_gpus 8 -m ofa_ds.train pretrain --config launch/configs/pretrain_base.toml
+    ofa-ds finetune --config launch/configs/caption_demo_cpu.toml --init-from runs/demo/final
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ofa_ds.config.load import load_config
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="TOML config file (sections: model, data, optim, train, task, parallel)")
+    p.add_argument("--init-from", help="fairseq .pt, OFA-HF or ofa-ds checkpoint: weights only, fresh optimizer")
+    p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/latest")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.max_steps=10")
+    return p
+
+
+def run(argv, *, default_task: str, prog: str) -> int:
+    args = _parser(prog).parse_args(argv)
+    overrides = list(args.overrides)
+    if not any(o.startswith("task.name=") for o in overrides) and args.config is None:
+        overrides.insert(0, f"task.name={default_task}")
+    if args.init_from:
+        overrides.append(f"model.init_from={args.init_from}")
+    if args.resume:
+        overrides.append("train.resume=true")
+    cfg = load_config(args.config, overrides)
+    if default_task == "pretrain" and cfg.task.name != "pretrain":
+        raise ValueError(f"ofa-ds pretrain runs task.name=pretrain, the config says {cfg.task.name!r}; "
+                         "use ofa-ds finetune")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    from ofa_ds.engine.trainer import Trainer, dump_config
+
+    trainer = Trainer(cfg)
+    if trainer.rank == 0:
+        dump_config(cfg, Path(cfg.train.out_dir))
+    trainer.run()
+    if cfg.train.export_format:
+        out = trainer.export(Path(cfg.train.out_dir) / "final", format=cfg.train.export_format)
+        if out is not None:
+            logging.getLogger("ofa_ds.train").info("exported the model to %s", out)
+    return 0
+
+
+def pretrain_main(argv=None) -> int:
+    return run(argv, default_task="pretrain", prog="ofa-ds pretrain")
+
+
+def finetune_main(argv=None) -> int:
+    return run(argv, default_task="caption", prog="ofa-ds finetune")
+
+
+if __name__ == "__main__":
+    # `deepspeed [launcher args] -m ofa_ds.train pretrain|finetune ...`
+    command, rest = sys.argv[1], sys.argv[2:]
+    sys.exit({"pretrain": pretrain_main, "finetune": finetune_main}[command](rest))
