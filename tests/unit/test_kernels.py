@@ -190,7 +190,7 @@ def test_activation_checkpointing_is_exact():
     kernels.apply_activation_checkpointing(ckpt)
     kernels.apply_activation_checkpointing(ckpt)  # idempotent
     assert ckpt.state_dict().keys() == plain.state_dict().keys()
-    batch = make_batch(500)
+    batch = make_batch(500, image=32)
     torch.manual_seed(3)
     loss_a, grads_a = _loss_and_grads(plain, batch)
     torch.manual_seed(3)
@@ -211,7 +211,7 @@ def test_compile_keeps_loss_and_grads():
     kernels.maybe_compile(compiled, backend="aot_eager")
     assert kernels.maybe_compile(plain, enabled=False) is plain
     assert compiled.state_dict().keys() == plain.state_dict().keys()
-    batch = make_batch(500)
+    batch = make_batch(500, image=32)
     loss_a, grads_a = _loss_and_grads(plain, batch)
     loss_b, grads_b = _loss_and_grads(compiled, batch)
     torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-5)
