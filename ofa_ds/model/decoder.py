@@ -78,7 +78,15 @@ class OFADecoder(nn.Module):
 
     def _self_rel_bias(self, j: int, T: int, code_masks):
         """Layer j's relative bias for the decoder self-attention: [1|B, H, T, T]."""
-        text = self.token_rel_pos_table_list[j](self.token_rp_bucket[:T, :T]).permute(2, 0, 1)[None]
+        n = self.token_rp_bucket.shape[0]
+        if T <= n:
+            text_buckets = self.token_rp_bucket[:T, :T]
+        else:
+            # Only image-code sequences (1024 codes + BOS) outgrow the 1024-row text table; the
+            # text variant is computed for them but never selected, so clamping is harmless.
+            t = torch.arange(T, device=self.token_rp_bucket.device).clamp(max=n - 1)
+            text_buckets = self.token_rp_bucket[t][:, t]
+        text = self.token_rel_pos_table_list[j](text_buckets).permute(2, 0, 1)[None]
         if code_masks is None:
             return text
         idx = self.image_position_idx[:T]
