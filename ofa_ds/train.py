@@ -63,6 +63,8 @@ def finetune_main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    # `deepspeed [launcher args] -m ofa_ds.train pretrain|finetune ...`
-    command, rest = sys.argv[1], sys.argv[2:]
+    # `deepspeed [launcher args] --module ofa_ds.train pretrain|finetune ...`; the launcher puts
+    # --local_rank=N first (the LOCAL_RANK variable carries the same).
+    argv = [a for a in sys.argv[1:] if not a.startswith(("--local_rank", "--local-rank"))]
+    command, rest = argv[0], argv[1:]
     sys.exit({"pretrain": pretrain_main, "finetune": finetune_main}[command](rest))

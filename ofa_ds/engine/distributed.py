@@ -39,12 +39,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(values: list[float]) -> list[float]:
+def all_reduce_sum(values: list[float], group=None, device=None) -> list[float]:
+    """Sum a few host-side numbers over ``group`` (float64, so token counts stay exact).
+    ``device``: where the backend communicates (CUDA for NCCL)."""
     import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return (t / dist.get_world_size()).tolist()
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, group=group)
+    return t.tolist()

@@ -21,7 +21,7 @@ from ofa_ds.config.flavors import get_flavor
 from ofa_ds.config.load import to_dict
 from ofa_ds.config.schema import TrainConfig
 from ofa_ds.engine import checkpoint as ckpt
-from ofa_ds.engine.distributed import all_reduce_mean, init_distributed
+from ofa_ds.engine.distributed import all_reduce_sum, init_distributed
 from ofa_ds.engine.ds_config import build_ds_config
 from ofa_ds.engine.flops import measure_matmul_peak, training_step_flops
 from ofa_ds.engine.schedule import build_scheduler
@@ -105,6 +105,7 @@ class Trainer:
             config=ds_config,
             lr_scheduler=lambda opt: build_scheduler(opt, total_steps=cfg.train.max_steps,
                                                      warmup_ratio=o.warmup_ratio, peak_lr=o.lr, end_lr=o.end_lr))
+        self.dp_group = getattr(self.engine, "data_parallel_group", None)
         self.float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
         self.loader = self.task.build_train_loader(rank=self.rank, world_size=self.world_size,
                                                    seed=cfg.train.seed)
@@ -155,22 +156,31 @@ class Trainer:
             bn.eval()
 
     def train_step(self, batches) -> dict:
-        losses, reports = [], []
-        for _ in range(self.cfg.train.grad_accum):
-            batch = move_to(next(batches), self.engine.device, self.float_dtype)
-            loss, report = self.task.training_forward(self.engine, batch, update_num=self.step)
-            self.engine.backward(loss)
+        """One optimizer step over ``grad_accum`` micro-batches."""
+        gas = self.cfg.train.grad_accum
+        micro = [move_to(next(batches), self.engine.device, self.float_dtype) for _ in range(gas)]
+        # Per-group token counts of the whole step, over every data-parallel rank.
+        counts = np.sum([self.task.token_counts(b) for b in micro], axis=0).tolist()
+        denominators = all_reduce_sum(counts, group=self.dp_group, device=self.engine.device)
+        # DeepSpeed divides the loss by gas and averages gradients over ranks; our loss is
+        # already a share of the global mean, so undo both.
+        scale = gas * self.engine.dp_world_size
+        total, reports = 0.0, []
+        for batch in micro:
+            loss, report = self.task.training_forward(self.engine, batch, denominators=denominators,
+                                                      update_num=self.step)
+            self.engine.backward(loss * scale)
             self.engine.step()
-            losses.append(loss.item())
+            total += loss.item()
             reports.append(report)
-            self._last_batch = batch
+        self._last_batch = micro[-1]
         self.step += 1
         stream_keys = sorted(k for k in reports[0] if k.endswith("_loss"))
-        means = [float(np.mean(losses))] + [float(np.mean([r[k] for r in reports])) for k in stream_keys]
-        means = all_reduce_mean(means)
-        out = {"loss": means[0], **dict(zip(stream_keys, means[1:]))}
-        out["ntokens"] = sum(r["ntokens"] for r in reports) * self.world_size
-        out["nsamples"] = sum(r["nsamples"] for r in reports) * self.world_size
+        sums = [total] + [sum(r[k] for r in reports) for k in stream_keys]
+        sums += [sum(r["ntokens"] for r in reports), sum(r["nsamples"] for r in reports)]
+        sums = all_reduce_sum(sums, group=self.dp_group, device=self.engine.device)
+        out = {"loss": sums[0], **dict(zip(stream_keys, sums[1:-2]))}
+        out["ntokens"], out["nsamples"] = int(sums[-2]), int(sums[-1])
         return out
 
     def run(self, until_step: int | None = None) -> list[dict]:

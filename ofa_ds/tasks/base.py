@@ -3,6 +3,13 @@
 The engine never knows which objective it runs. A task builds its data loader, turns a
 batch into ``(loss, report)``, and may evaluate. ``report`` holds plain floats for logging;
 every ``*_loss`` entry is also logged per stream.
+
+Normalisation: a batch has one or more groups (pretraining: the vision-language group and
+the extras group). Each group's summed token loss is divided by that group's token count
+over the *whole* optimizer step (all micro-batches, all data-parallel ranks), which the
+engine computes first (``token_counts``) and passes in as ``denominators``. The gradient is
+then fairseq's sum-of-losses / sum-of-tokens, per group, and does not depend on how the
+global batch is split into ranks and micro-batches.
 """
 from __future__ import annotations
 
@@ -35,7 +42,15 @@ class Task:
     def build_train_loader(self, *, rank: int, world_size: int, seed: int) -> Loader:
         raise NotImplementedError
 
-    def training_forward(self, model, batch, *, update_num: int) -> tuple[torch.Tensor, dict]:
+    def token_counts(self, batch) -> list[int]:
+        """Target tokens per group of this micro-batch."""
+        groups = batch if isinstance(batch, (tuple, list)) else [batch]
+        return [g["ntokens"] for g in groups]
+
+    def training_forward(self, model, batch, *, denominators: list[float],
+                         update_num: int) -> tuple[torch.Tensor, dict]:
+        """This micro-batch's share of the step loss: sum over groups of
+        weight_g * loss_sum_g / denominators[g]."""
         raise NotImplementedError
 
     def evaluate(self, model, *, device) -> dict:

@@ -105,9 +105,9 @@ class CaptionTask(Task):
                              rank=rank, world_size=world_size, seed=seed,
                              policy=BadRowPolicy(strict=self.cfg.data.strict))
 
-    def training_forward(self, model, batch, *, update_num):
+    def training_forward(self, model, batch, *, denominators, update_num):
         out = self.group_loss(model, batch, update_num=update_num)
-        loss = out.loss / max(out.ntokens, 1)
+        loss = out.loss / max(denominators[0], 1)
         return loss, {"caption_loss": loss.item(), "ntokens": out.ntokens, "nsamples": batch["nsentences"]}
 
     def flops_inputs(self, batch):

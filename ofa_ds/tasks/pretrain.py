@@ -1,9 +1,11 @@
 """OFA pretraining: the vision-language group and the extras group, each a per-token mean.
 
 loss = loss_vl / ntokens_vl + extras_weight * loss_extras / ntokens_extras, as OFA's
-criterion does in pair mode (spec ofa_data_and_tasks.md §4.2). ``sample_patch_num`` applies
-to the vision-language group only. With data parallelism DeepSpeed averages this over ranks,
-which is OFA's net gradient when every micro-batch is a pair (our sampler guarantees it).
+criterion does in pair mode (spec ofa_data_and_tasks.md §4.2), with the token counts taken
+over the whole optimizer step (see ``tasks/base.py``). Upstream averages per-micro-batch
+means instead; the two agree when micro-batches hold equal token counts, and ours does not
+change with the data-parallel layout. ``sample_patch_num`` applies to the vision-language
+group only.
 """
 from __future__ import annotations
 
@@ -36,13 +38,13 @@ class PretrainTask(Task):
                                      seed=seed, micro_batch_vl_rows=self.cfg.train.micro_batch,
                                      num_workers=self.cfg.data.num_workers)
 
-    def training_forward(self, model, batch, *, update_num):
+    def training_forward(self, model, batch, *, denominators, update_num):
         vl, extras = batch
         out_vl = self.group_loss(model, vl, update_num=update_num,
                                  sample_patch_num=self.cfg.data.sample_patch_num)
         out_ex = self.group_loss(model, extras, update_num=update_num)
-        loss_vl = out_vl.loss / max(out_vl.ntokens, 1)
-        loss_ex = out_ex.loss / max(out_ex.ntokens, 1)
+        loss_vl = out_vl.loss / max(denominators[0], 1)
+        loss_ex = out_ex.loss / max(denominators[1], 1)
         loss = loss_vl + self.cfg.task.extras_weight * loss_ex
         report = {"vl_loss": loss_vl.item(), "extras_loss": loss_ex.item(),
                   "ntokens": out_vl.ntokens + out_ex.ntokens,

@@ -93,7 +93,8 @@ def test_continued_pretraining_starts_from_the_fixture(sample_data, golden_dir, 
     # Its first loss is the fixture model's loss on the same first batch (a second loader
     # with the same seed yields it; dropout and drop path are off, BatchNorm in train mode).
     batch = next(iter(trainer.task.build_train_loader(rank=0, world_size=1, seed=cfg.train.seed)))
-    expected, _ = trainer.task.training_forward(fixture.train(), batch, update_num=0)
+    expected, _ = trainer.task.training_forward(fixture.train(), batch, update_num=0,
+                                                denominators=trainer.task.token_counts(batch))
     got = losses(trainer.run())[0]
     assert got == pytest.approx(expected.item(), rel=1e-5)
 
