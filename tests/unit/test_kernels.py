@@ -218,3 +218,24 @@ def test_compile_keeps_loss_and_grads():
     for ga, gb in zip(grads_a, grads_b):
         if ga is not None:
             torch.testing.assert_close(gb, ga, atol=1e-5, rtol=1e-4)
+
+
+def test_gpu_check_script_runs_its_cpu_parts(tmp_path):
+    """Smoke test of benchmarks/gpu_check.py (the real run needs a GPU): tiny sizes on CPU."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "gpu_check.json"
+    rc = gpu_check.main(["--device", "cpu", "--quick", "--image", "32", "--src", "6", "--tgt", "4",
+                         "--batch", "1", "--steps", "1", "--warmup", "0", "--variants", "unfused,sdpa",
+                         "--json", str(out)])
+    assert rc == 0
+    import json
+
+    report = json.loads(out.read_text())
+    assert report["parity"] and all(r["passed"] for r in report["parity"])
+    assert [r["variant"] for r in report["speed"]] == ["unfused", "sdpa"]
