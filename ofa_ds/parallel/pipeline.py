@@ -47,6 +47,7 @@ F = floating, L = int64. Rules behind it (DeepSpeed's pipe engine, spec parallel
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -276,7 +277,8 @@ def check_tied_specs(specs: list) -> None:
                                  f"DeepSpeed would never save the tied weight; let it run the module's forward")
 
 
-def _resnet_flops(blocks, image_size: int) -> float:
+@functools.lru_cache(maxsize=8)
+def _resnet_flops(blocks: tuple, image_size: int) -> float:
     """Multiply-adds x2 of the ResNet stem at one image (meta-device shape inference)."""
     flops = 0.0
 
@@ -286,7 +288,7 @@ def _resnet_flops(blocks, image_size: int) -> float:
         flops += 2.0 * output.numel() * k * module.in_channels / module.groups
 
     with torch.device("meta"):
-        net = ResNetBackbone(blocks)
+        net = ResNetBackbone(blocks).eval()  # eval: BN on meta is much cheaper without batch stats
         hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, nn.Conv2d)]
         net(torch.empty(1, 3, image_size, image_size))
     for h in hooks:
