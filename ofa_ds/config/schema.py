@@ -32,7 +32,7 @@ class ModelSection:
     activation_checkpointing: bool = False
     """Recompute encoder/decoder layers in the backward pass (saves activation memory)."""
     attention_impl: str = "auto"
-    """reference | sdpa | auto (sdpa on CUDA, reference on CPU)."""
+    """reference | sdpa | triton | auto (the kernel registry's per-device choice; ofa-ds env)."""
 
 
 @dataclass

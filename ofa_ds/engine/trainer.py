@@ -86,13 +86,12 @@ class Trainer:
         self.vocab = Vocabulary.from_dir(vocab_dir if vocab_dir.is_absolute() else Path(cfg.data.root) / vocab_dir)
 
         on_gpu = torch.cuda.is_available()
-        impl = cfg.model.attention_impl
-        set_attention_impl(("sdpa" if on_gpu else "reference") if impl == "auto" else impl)
+        set_attention_impl(cfg.model.attention_impl)  # "auto": the registry's per-device choice
         seed_everything(cfg.train.seed)
         model = build_model(cfg, len(self.vocab))
         self.frozen_bn = freeze(model, cfg)
         if cfg.model.activation_checkpointing:
-            from ofa_ds.kernels.checkpointing import apply_activation_checkpointing
+            from ofa_ds.kernels.wrap import apply_activation_checkpointing
 
             apply_activation_checkpointing(model)
         self.model_config = model.config

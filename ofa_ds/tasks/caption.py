@@ -71,13 +71,13 @@ class CaptionLoader:
         self.cursor = ShardCursor(EpochOrder(len(data), seed), rank=rank, world_size=world_size)
 
     def __len__(self) -> int:
-        return self.cursor.rows_per_epoch() // self.batch_size
+        return self.cursor.rows_per_epoch // self.batch_size
 
     def __iter__(self):
         for _ in range(len(self)):
             samples = []
             while len(samples) < self.batch_size:
-                i = self.cursor.next()
+                i = next(self.cursor)
                 try:
                     samples.append(self.data.sample(i))
                 except BadRow as err:
@@ -117,23 +117,29 @@ class CaptionTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, *, device, max_rows: int = 64) -> dict:
-        """Validation loss per token and word-level F1 of greedy captions (rank-local)."""
+        """Validation loss per token and word-level F1 of beam-search captions (rank-local).
+
+        TODO: CIDEr-D (OFA's model-selection metric) is not implemented yet."""
         if not self.cfg.data.caption_valid:
             return {}
-        from ofa_ds.generation import SequenceGenerator
+        from ofa_ds.generation import GenerationConfig, SequenceGenerator
 
         data = self._data(self.cfg.data.caption_valid)
         was_training = model.training
         model.eval()
         loss_sum, ntok, f1s = 0.0, 0, []
-        gen = SequenceGenerator(beam_size=1, max_len_b=self.cfg.task.eval_max_len)
+        # OFA's caption decoding settings, at the configured beam and length.
+        gen = SequenceGenerator(model, GenerationConfig(beam=self.cfg.task.eval_beam, max_len_b=self.cfg.task.eval_max_len,
+                                                        no_repeat_ngram_size=3))
         for start in range(0, min(len(data), max_rows), 8):
             samples = [data.sample(i) for i in range(start, min(start + 8, len(data), max_rows))]
             batch = move_to(collate(samples, pad=self.vocab.pad), device,
                             next(model.parameters()).dtype)
             out = self.group_loss(model, batch, update_num=0)
             loss_sum, ntok = loss_sum + out.loss.item(), ntok + out.ntokens
-            hyps = gen.generate(model, batch["net_input"])
+            n = batch["net_input"]
+            hyps = gen.generate(n["src_tokens"], n["src_lengths"], patch_images=n["patch_images"],
+                                patch_masks=n["patch_masks"])
             for hyp, sample in zip(hyps, samples):
                 pred = set(self.vocab.decode(hyp[0]["tokens"].tolist()).split())
                 ref = set(self.vocab.decode(sample.target[:-1].tolist()).split())
