@@ -173,6 +173,20 @@ def tp_parity(rank: int, world: int) -> dict:
     assert abs(no_dropout.item() - losses[1].item()) > 1e-4, "dropout had no effect"
     report["dropout_loss"] = losses[1].item()
 
+    # 3b. attention dropout (per-rank forked generator): runs, leaves the default generator
+    # in step across TP ranks, keeps the loss and the replicated gradients identical.
+    torch.manual_seed(2)
+    attn = OFAModel(cfg_d.replace(attention_dropout=0.3)).train()
+    apply_tensor_parallel(attn, groups)
+    torch.manual_seed(6)
+    lo, _ = parallel_loss(attn(**inputs)[0], batch, tp)
+    lo.backward()
+    states = [None] * tp.size
+    torch.distributed.all_gather_object(states, (lo.item(), torch.get_rng_state().sum().item()), group=tp.group)
+    assert len(set(states)) == 1, f"TP ranks diverged under attention dropout: {states}"
+    mismatch = replicated_mismatch(attn, groups, "grad")
+    assert mismatch == {}, f"replicated gradients differ under attention dropout: {mismatch}"
+
     # 4. TP=2 checkpoint -> single-device state dict -> same logits
     with torch.no_grad():
         for p in model.parameters():
