@@ -183,8 +183,8 @@ def run_model_parity(args, results: list) -> None:
     flavor = "base" if device.type == "cuda" else "test"
     try:
         torch.manual_seed(0)
-        with torch.device(device):
-            model = OFAModel(get_flavor(flavor)).eval()
+        with torch.device(device):  # initialise on the GPU (fast); .to() moves CPU-built buffers
+            model = OFAModel(get_flavor(flavor)).to(device).eval()
         batch = synthetic_batch(model.config, 2, args.image, args.src, args.tgt, device, torch.float32)
         choices = [("sdpa", "eager")]
         if kernels.backends.triton_unavailable(device.type) is None:
@@ -253,9 +253,9 @@ def count_flops(model, batch) -> float:
 
 def build_model(flavor: str, device, dtype):
     torch.manual_seed(0)
-    with torch.device(device):
+    with torch.device(device):  # initialise on the GPU (fast); .to() moves CPU-built buffers
         model = OFAModel(get_flavor(flavor))
-    return model.to(dtype).train()
+    return model.to(device=device, dtype=dtype).train()
 
 
 def bench_variant(model, batch, variant, args, flops, peak) -> dict:

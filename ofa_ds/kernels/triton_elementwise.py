@@ -23,8 +23,9 @@ from ofa_ds.kernels.backends import interpreting
 
 _BLOCK = 1024
 _MAX_NUMEL = 2**31 - 1
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
+# Kernel constants must be tl.constexpr globals (plain floats only work in the interpreter).
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit

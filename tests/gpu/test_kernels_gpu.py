@@ -68,7 +68,7 @@ def _model_and_batch(**overrides):
 
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = OFAModel(get_flavor("test", vocab_size=500, **overrides))
+        model = OFAModel(get_flavor("test", vocab_size=500, **overrides)).cuda()  # buffers too
     batch = {k: v.cuda() for k, v in make_batch(500).items()}
     return model, batch
 
