@@ -347,6 +347,8 @@ def print_table(rows: list[dict], peak: float, dtype) -> None:
         print(f"{r['model']:<10} {r['variant']:<20} {r['optimizer']:<15} {r['step_ms']:8.1f} "
               f"{r['samples_s']:9.1f} {r['tokens_s']:9.0f} {r['tflops']:8.1f} {r['mfu']:6.1%} "
               f"{r['mem_gib']:7.1f} {speedup:7.2f} {r['loss']:7.3f}")
+    print("(median of the timed steps; loss = last step's, and variants without checkpointing/compile share "
+          "one model that keeps training, so it is a sanity check, not a parity check)")
 
 
 def parse_args(argv):
