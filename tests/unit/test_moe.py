@@ -113,3 +113,16 @@ def test_moe_under_activation_checkpointing_has_the_same_grads():
     assert torch.equal(results[0][0], results[1][0])
     for a, b in zip(results[0][1], results[1][1]):
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_param_groups_split_experts_out_for_deepspeed():
+    from ofa_ds.model.moe import moe_param_groups
+
+    model = _model()
+    apply_moe(model, "decoder:0", num_experts=2)
+    groups = moe_param_groups(model, weight_decay=0.01)
+    expert_groups = [g for g in groups if g.get("moe")]
+    n_expert = sum(p.numel() for g in expert_groups for p in g["params"])
+    experts = model.decoder.layers[0].moe.inner.deepspeed_moe.experts
+    assert n_expert == sum(p.numel() for p in experts.parameters())
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
