@@ -25,7 +25,8 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def build_ds_config(cfg: TrainConfig, *, on_gpu: bool) -> dict:
+def build_ds_config(cfg: TrainConfig, *, on_gpu: bool, pipeline_groups: int = 1) -> dict:
+    """``pipeline_groups``: groups per batch; under PP each is one pipeline micro-batch."""
     t, o = cfg.train, cfg.optim
     template = t.deepspeed_template
     if template == "auto":
@@ -44,6 +45,13 @@ def build_ds_config(cfg: TrainConfig, *, on_gpu: bool) -> dict:
     })
     # torch's AdamW: no JIT-compiled C++ op on CPU; the fused kernel on GPU. Under ZeRO
     # offload DeepSpeed would want DeepSpeedCPUAdam, which compiles; torch_adam also works there.
+    p = cfg.parallel
+    if p.pp > 1:
+        ds["gradient_accumulation_steps"] = t.grad_accum * pipeline_groups
+        if p.tp > 1:
+            # Our stage-to-stage tuple holds several differentiable tensors; DeepSpeed's
+            # partitioned send handles one.
+            ds["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
     ds["optimizer"] = {"type": "AdamW", "params": {
         "lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay,
         "torch_adam": True, "fused": bool(on_gpu and not t.offload)}}

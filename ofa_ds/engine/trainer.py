@@ -24,6 +24,7 @@ from ofa_ds.engine import checkpoint as ckpt
 from ofa_ds.engine.distributed import all_reduce_sum, init_distributed
 from ofa_ds.engine.ds_config import build_ds_config
 from ofa_ds.engine.flops import measure_matmul_peak, training_step_flops
+from ofa_ds.engine.layout import Layout, pad_vocab
 from ofa_ds.engine.schedule import build_scheduler
 from ofa_ds.tasks import build_task
 from ofa_ds.tasks.base import move_to
@@ -88,7 +89,9 @@ class Trainer:
         on_gpu = torch.cuda.is_available()
         set_attention_impl(cfg.model.attention_impl)  # "auto": the registry's per-device choice
         seed_everything(cfg.train.seed)
+        self.layout = Layout(cfg, self.world_size, self.rank)
         model = build_model(cfg, len(self.vocab))
+        model = pad_vocab(model, self.layout.model_vocab_size(len(self.vocab)))
         self.frozen_bn = freeze(model, cfg)
         if cfg.model.activation_checkpointing:
             from ofa_ds.kernels.wrap import apply_activation_checkpointing
@@ -97,26 +100,28 @@ class Trainer:
         self.model_config = model.config
         self.task = build_task(cfg, self.vocab)
 
-        ds_config = build_ds_config(cfg, on_gpu=on_gpu)
+        ds_config = build_ds_config(cfg, on_gpu=on_gpu, pipeline_groups=len(self.task.group_weights))
+        self.layout.setup_groups(model.config, ds_config)
+        self.task.cross_entropy = self.layout.cross_entropy()
         o = cfg.optim
-        self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=ds_config,
-            lr_scheduler=lambda opt: build_scheduler(opt, total_steps=cfg.train.max_steps,
-                                                     warmup_ratio=o.warmup_ratio, peak_lr=o.lr, end_lr=o.end_lr))
-        self.dp_group = getattr(self.engine, "data_parallel_group", None)
+        scheduler = lambda opt: build_scheduler(opt, total_steps=cfg.train.max_steps, warmup_ratio=o.warmup_ratio,
+                                                peak_lr=o.lr, end_lr=o.end_lr)
+        self.engine, _, _, self.scheduler = self.layout.initialize(model, ds_config, scheduler,
+                                                                   pipeline_loss_fn=self._pipeline_loss)
+        self.dp_group = self.layout.groups.dp_group if self.layout.parallel else None
         self.float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
-        self.loader = self.task.build_train_loader(rank=self.rank, world_size=self.world_size,
+        # Data is sharded over data-parallel ranks only: TP and PP ranks of one replica read the same.
+        self.loader = self.task.build_train_loader(rank=self.layout.dp_rank, world_size=self.layout.dp_size,
                                                    seed=cfg.train.seed)
         self.step = 0
         if cfg.train.resume:
             self._resume()
         if self.rank == 0:
             t = cfg.train
-            global_batch = t.micro_batch * t.grad_accum * self.engine.dp_world_size
+            global_batch = t.micro_batch * t.grad_accum * self.layout.dp_size
             logger.info("global batch: %d = micro %d x accumulation %d x data-parallel %d (per-rank micro-batch "
-                        "in %s rows)", global_batch, t.micro_batch, t.grad_accum, self.engine.dp_world_size,
-                        "vision-language" if cfg.task.name == "pretrain" else "task")
+                        "in %s rows); tp %d, pp %d", global_batch, t.micro_batch, t.grad_accum, self.layout.dp_size,
+                        "vision-language" if cfg.task.name == "pretrain" else "task", self.layout.tp, self.layout.pp)
             logger.info("model: %s, %s parameters; ZeRO stage %d; precision %s", cfg.model.flavor,
                         f"{sum(p.numel() for p in model.parameters()):,}", t.zero_stage, t.precision)
 
@@ -135,14 +140,20 @@ class Trainer:
                          keep_last=self.cfg.train.keep_last)
 
     def export(self, path, format: str = "ofa-ds"):
-        """Write the trained model through the checkpoint converter (rank 0)."""
+        """Write the trained model through the checkpoint converter (rank 0; collective)."""
         import deepspeed
+
+        from ofa_ds.model.ofa import OFAModel
 
         params = list(self.engine.module.parameters())
         with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.train.zero_stage == 3):
-            if self.rank == 0:
-                return self.engine.module.save_pretrained(path, format=format)
-        return None
+            state = self.layout.full_state_dict(self.engine)
+        if state is None:
+            return None
+        config = self.model_config.replace(vocab_size=len(self.vocab))
+        model = OFAModel(config, init_weights=False)
+        model.load_state_dict(state)
+        return model.save_pretrained(path, format=format)
 
     # -- loop ------------------------------------------------------------------------
     def _batches(self):
@@ -161,6 +172,8 @@ class Trainer:
         # Per-group token counts of the whole step, over every data-parallel rank.
         counts = np.sum([self.task.token_counts(b) for b in micro], axis=0).tolist()
         denominators = all_reduce_sum(counts, group=self.dp_group, device=self.engine.device)
+        if self.layout.pp > 1:
+            return self._pipeline_step(micro, denominators)
         # DeepSpeed divides the loss by gas and averages gradients over ranks; our loss is
         # already a share of the global mean, so undo both.
         scale = gas * self.engine.dp_world_size
@@ -181,6 +194,37 @@ class Trainer:
         out = {"loss": sums[0], **dict(zip(stream_keys, sums[1:-2]))}
         out["ntokens"], out["nsamples"] = int(sums[-2]), int(sums[-1])
         return out
+
+    def _pipeline_loss(self, logits, labels):
+        """Last pipeline stage: the summed loss; ``labels``' conf carries the step's scale."""
+        target, conf = labels[0], labels[1]
+        masks = labels[2] if len(labels) > 2 else None
+        return self.task.cross_entropy(logits, target, conf, options=self.task.loss_options,
+                                       constraint_masks_BTV=masks, pad=self.vocab.pad, eos=self.vocab.eos,
+                                       update_num=self.step).loss
+
+    def _pipeline_step(self, micro, denominators) -> dict:
+        """Each group of each micro-batch is one pipeline micro-batch. Folding weight_g *
+        n_micro * dp / tokens_g into conf makes DeepSpeed's mean over micro-batches and ranks
+        come out as the same global per-group token mean as the non-pipeline path."""
+        from ofa_ds.parallel.pipeline import pipeline_batch
+
+        groups = [g for b in micro for g in (b if isinstance(b, (tuple, list)) else [b])]
+        per_batch = len(self.task.group_weights)
+        scale = len(groups) * self.layout.dp_size
+        items = []
+        for i, g in enumerate(groups):
+            j = i % per_batch
+            inputs, labels = pipeline_batch({**g["net_input"], "target": g["target"], "conf": g["conf"],
+                                             "constraint_masks": g.get("constraint_masks")}, self.float_dtype)
+            factor = self.task.group_weights[j] * scale / max(denominators[j], 1)
+            items.append((inputs, (labels[0], labels[1] * factor) + tuple(labels[2:])))
+        loss = self.engine.train_batch(data_iter=iter(items))
+        self._last_batch = micro[-1]
+        self.step += 1
+        samples = all_reduce_sum([sum(g["nsentences"] for g in groups)], group=self.dp_group,
+                                 device=self.engine.device)[0]
+        return {"loss": float(loss), "ntokens": int(sum(denominators)), "nsamples": int(samples)}
 
     def run(self, until_step: int | None = None) -> list[dict]:
         """Train to ``train.max_steps`` (or stop early at ``until_step``, as a kill would:

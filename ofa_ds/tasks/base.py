@@ -30,6 +30,8 @@ class Loader(Protocol):
 
 class Task:
     name = "base"
+    group_weights: tuple[float, ...] = (1.0,)
+    """Loss weight of each group of a batch."""
 
     def __init__(self, cfg, vocab):
         self.cfg = cfg
@@ -38,6 +40,8 @@ class Task:
         self.loss_options = LossOptions(label_smoothing=t.label_smoothing, ignore_eos=t.ignore_eos,
                                         drop_worst_ratio=t.drop_worst_ratio,
                                         drop_worst_after=t.drop_worst_after)
+        # The layout may swap in the vocab-parallel criterion (same contract).
+        self.cross_entropy = label_smoothed_cross_entropy
 
     def build_train_loader(self, *, rank: int, world_size: int, seed: int) -> Loader:
         raise NotImplementedError
@@ -70,7 +74,7 @@ class Task:
         if sample_patch_num is not None:
             net_input["sample_patch_num"] = sample_patch_num
         logits, _ = model(**net_input)
-        return label_smoothed_cross_entropy(logits, group["target"], group.get("conf"),
+        return self.cross_entropy(logits, group["target"], group.get("conf"),
                                             options=self.loss_options,
                                             constraint_masks_BTV=group.get("constraint_masks"),
                                             pad=self.vocab.pad, eos=self.vocab.eos, update_num=update_num)

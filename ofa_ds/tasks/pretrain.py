@@ -20,6 +20,10 @@ from ofa_ds.tasks.base import Task
 class PretrainTask(Task):
     name = "pretrain"
 
+    @property
+    def group_weights(self):
+        return (1.0, self.cfg.task.extras_weight)
+
     def data_config(self) -> PretrainDataConfig:
         d = self.cfg.data
         root = Path(d.root)
