@@ -31,6 +31,17 @@ class ModelSection:
     """Keep every BatchNorm on running statistics (trainable affine), for small per-GPU batches."""
     activation_checkpointing: bool = False
     """Recompute encoder/decoder layers in the backward pass (saves activation memory)."""
+    moe_layers: str | None = None
+    """Mixture-of-experts FFN in these layers, e.g. "encoder:1,3;decoder:all" (None: dense)."""
+    moe_num_experts: int = 8
+    moe_top_k: int = 1
+    moe_capacity_factor: float = 1.0
+    moe_backend: str = "deepspeed"
+    """deepspeed (default, runs on CPU) | megablocks (GPU clusters with megablocks installed)."""
+    moe_ep_size: int = 1
+    """Expert parallelism: experts split over groups of this many data-parallel ranks."""
+    moe_aux_weight: float = 0.01
+    """Weight of the load-balancing loss (mean over forwards)."""
     attention_impl: str = "auto"
     """reference | sdpa | triton | auto (the kernel registry's per-device choice; ofa-ds env)."""
 

@@ -66,6 +66,11 @@ class Layout:
         import deepspeed
 
         params = lambda m: [p for p in m.parameters() if p.requires_grad]
+        if any(getattr(m, "moe", None) is not None for m in model.modules()):
+            from ofa_ds.model.moe import moe_param_groups
+
+            # DeepSpeed's MoE engine reduces expert gradients over the expert-data group.
+            params = lambda m: moe_param_groups(m, weight_decay=self.cfg.optim.weight_decay)
         if not self.parallel:
             return deepspeed.initialize(model=model, model_parameters=params(model), config=ds_config,
                                         lr_scheduler=lr_scheduler)

@@ -97,8 +97,19 @@ class Trainer:
             from ofa_ds.kernels.wrap import apply_activation_checkpointing
 
             apply_activation_checkpointing(model)
+        m = cfg.model
+        if m.moe_layers:
+            from ofa_ds.model.moe import apply_moe
+
+            if self.layout.parallel:
+                raise ValueError("model.moe_layers with parallel.tp/pp > 1 is not supported yet (the TP plan "
+                                 "does not cover expert linears); use data parallelism with moe_ep_size")
+            apply_moe(model, m.moe_layers, m.moe_num_experts, m.moe_top_k, m.moe_capacity_factor,
+                      backend=m.moe_backend, ep_size=m.moe_ep_size)
         self.model_config = model.config
         self.task = build_task(cfg, self.vocab)
+        if m.moe_layers:
+            self.task.moe_aux_weight = m.moe_aux_weight / (cfg.train.grad_accum * self.world_size)
 
         ds_config = build_ds_config(cfg, on_gpu=on_gpu, pipeline_groups=len(self.task.group_weights))
         self.layout.setup_groups(model.config, ds_config)

@@ -42,6 +42,10 @@ class Task:
                                         drop_worst_after=t.drop_worst_after)
         # The layout may swap in the vocab-parallel criterion (same contract).
         self.cross_entropy = label_smoothed_cross_entropy
+        # MoE: load-balancing losses of this micro-batch's forwards, and their weight (the
+        # engine folds in 1/(grad_accum * data-parallel) so it is a mean over the step).
+        self.moe_aux_weight = 0.0
+        self._aux_losses: list = []
 
     def build_train_loader(self, *, rank: int, world_size: int, seed: int) -> Loader:
         raise NotImplementedError
@@ -74,10 +78,22 @@ class Task:
         if sample_patch_num is not None:
             net_input["sample_patch_num"] = sample_patch_num
         logits, _ = model(**net_input)
+        if self.moe_aux_weight:
+            from ofa_ds.model.moe import collect_moe_aux_loss
+
+            self._aux_losses.append(collect_moe_aux_loss(model))
         return self.cross_entropy(logits, group["target"], group.get("conf"),
                                             options=self.loss_options,
                                             constraint_masks_BTV=group.get("constraint_masks"),
                                             pad=self.vocab.pad, eos=self.vocab.eos, update_num=update_num)
+
+
+def with_moe_aux(task: Task, loss: torch.Tensor) -> torch.Tensor:
+    """Add the weighted mean load-balancing loss of the forwards since the last call."""
+    aux, task._aux_losses = task._aux_losses, []
+    if not aux:
+        return loss
+    return loss + task.moe_aux_weight * sum(aux) / len(aux)
 
 
 def move_to(batch, device, float_dtype=None):

@@ -20,7 +20,7 @@ from ofa_ds.data.sharding import EpochOrder, ShardCursor
 from ofa_ds.data.streams.common import PROMPT_CAPTION, Sample
 from ofa_ds.data.transforms import to_tensor
 from ofa_ds.data.tsv import TSVFile, decode_base64_image
-from ofa_ds.tasks.base import Task, move_to
+from ofa_ds.tasks.base import Task, with_moe_aux, move_to
 
 logger = logging.getLogger("ofa_ds.tasks")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -107,7 +107,7 @@ class CaptionTask(Task):
 
     def training_forward(self, model, batch, *, denominators, update_num):
         out = self.group_loss(model, batch, update_num=update_num)
-        loss = out.loss / max(denominators[0], 1)
+        loss = with_moe_aux(self, out.loss / max(denominators[0], 1))
         return loss, {"caption_loss": loss.item(), "ntokens": out.ntokens, "nsamples": batch["nsentences"]}
 
     def flops_inputs(self, batch):

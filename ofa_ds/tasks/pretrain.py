@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ofa_ds.data.pretrain import PretrainDataConfig, build_pretrain_loader
-from ofa_ds.tasks.base import Task
+from ofa_ds.tasks.base import Task, with_moe_aux
 
 
 class PretrainTask(Task):
@@ -49,7 +49,7 @@ class PretrainTask(Task):
         out_ex = self.group_loss(model, extras, update_num=update_num)
         loss_vl = out_vl.loss / max(denominators[0], 1)
         loss_ex = out_ex.loss / max(denominators[1], 1)
-        loss = loss_vl + self.cfg.task.extras_weight * loss_ex
+        loss = with_moe_aux(self, loss_vl + self.cfg.task.extras_weight * loss_ex)
         report = {"vl_loss": loss_vl.item(), "extras_loss": loss_ex.item(),
                   "ntokens": out_vl.ntokens + out_ex.ntokens,
                   "nsamples": vl["nsentences"] + extras["nsentences"]}

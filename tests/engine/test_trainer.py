@@ -107,3 +107,19 @@ def test_finetune_caption_through_the_same_engine(sample_data, tmp_path):
     assert len(history) == 3 and all("caption_loss" in h for h in history)
     evals = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
     assert evals and set(evals[0]["eval"]) == {"valid_loss", "valid_word_f1"}
+
+
+def test_moe_switch_one_expert_equals_dense(sample_data, tmp_path):
+    """model.moe_layers swaps FFNs for DeepSpeed MoE layers; one top-1 expert initialised from
+    the dense FFN, with the load-balancing weight at 0, trains exactly like the dense model."""
+    common = {"train.max_steps": 2, "train.save_every": 0, "model.dropout": 0.0,
+              "model.encoder_drop_path_rate": 0.0, "model.decoder_drop_path_rate": 0.0,
+              "data.sample_patch_num": "none"}
+    dense = losses(Trainer(engine_config(sample_data, tmp_path / "dense", **common)).run())
+    moe = {"model.moe_layers": "encoder:1;decoder:0", "model.moe_num_experts": 1, "model.moe_top_k": 1,
+           "model.moe_capacity_factor": 64.0, "model.moe_aux_weight": 0.0}
+    one = losses(Trainer(engine_config(sample_data, tmp_path / "one", **common, **moe)).run())
+    assert one == pytest.approx(dense, rel=1e-5)
+    moe.update({"model.moe_num_experts": 2, "model.moe_aux_weight": 0.01})
+    two = Trainer(engine_config(sample_data, tmp_path / "two", **common, **moe))
+    assert np.isfinite(losses(two.run())).all()
