@@ -1,0 +1,67 @@
+"""Typed config: file + overrides, validation messages, every shipped config parses."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ofa_ds.config.load import load_config
+from ofa_ds.engine.ds_config import build_ds_config
+from ofa_ds.engine.schedule import polynomial_decay_factor
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "launch" / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_parses_and_builds_deepspeed_json(path):
+    cfg = load_config(path)
+    ds = build_ds_config(cfg, on_gpu=True, pipeline_groups=2)
+    assert ds["train_micro_batch_size_per_gpu"] == cfg.train.micro_batch
+    assert ds["gradient_clipping"] == cfg.optim.clip_norm
+    assert ds["zero_optimization"]["stage"] == cfg.train.zero_stage
+    assert ("bf16" in ds) == (cfg.train.precision == "bf16")
+
+
+def test_overrides_beat_the_file_and_are_typed(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[train]\nmax_steps = 5\n[optim]\nlr = 1e-3\n')
+    cfg = load_config(f, ["train.max_steps=7", "optim.betas=(0.9, 0.98)", "data.sample_patch_num=none",
+                          "train.offload=false"])
+    assert cfg.train.max_steps == 7 and cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.9, 0.98)
+    assert cfg.data.sample_patch_num is None and cfg.train.offload is False
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.micro_batch=4"], "multiple of 8"),
+    (["train.offload=true"], "zero_stage=3"),
+    (["train.precision=fp8"], "precision"),
+    (["train.nope=1"], "unknown field"),
+    (["nosection.x=1"], "unknown section"),
+    (["max_steps=3"], "section.field=value"),
+])
+def test_bad_configs_are_refused_with_the_fix(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides)
+
+
+def test_fp16_needs_a_gpu():
+    cfg = load_config(None, ["train.precision=fp16"])
+    with pytest.raises(ValueError, match="GPU"):
+        build_ds_config(cfg, on_gpu=False)
+    assert build_ds_config(cfg, on_gpu=True)["fp16"]["initial_scale_power"] == 7
+
+
+def test_offload_template_and_pipeline_accumulation():
+    cfg = load_config(None, ["train.zero_stage=3", "train.offload=true"])
+    ds = build_ds_config(cfg, on_gpu=False)
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert ds["optimizer"]["params"]["torch_adam"] is True
+    cfg = load_config(None, ["parallel.pp=2", "parallel.tp=2", "train.zero_stage=1", "train.grad_accum=3"])
+    ds = build_ds_config(cfg, on_gpu=False, pipeline_groups=2)
+    assert ds["gradient_accumulation_steps"] == 6 and ds["pipeline"]["pipe_partitioned"] is False
+
+
+def test_schedule_warmup_then_linear_decay():
+    f = lambda s: polynomial_decay_factor(s, total=100, warmup=10, peak=1e-4, end=0.0)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5) and f(100) == 0.0
