@@ -23,7 +23,16 @@ class OFAModel(nn.Module):
         self.encoder = OFAEncoder(config, embed_tokens)
         self.decoder = OFADecoder(config, embed_tokens)
         if init_weights and not any(p.is_meta for p in self.parameters()):
-            init_ofa_weights(self)
+            params = list(self.parameters())
+            if any(hasattr(p, "ds_id") for p in params):
+                # Built under deepspeed.zero.Init: the parameters are already partitioned,
+                # so gather them (one rank initialises, the others receive the values).
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+                    init_ofa_weights(self)
+            else:
+                init_ofa_weights(self)
 
     def forward(self, src_tokens, src_lengths=None, prev_output_tokens=None, patch_images=None,
                 patch_masks=None, code_masks=None, sample_patch_num=None, **unused):

@@ -123,3 +123,20 @@ def test_moe_switch_one_expert_equals_dense(sample_data, tmp_path):
     moe.update({"model.moe_num_experts": 2, "model.moe_aux_weight": 0.01})
     two = Trainer(engine_config(sample_data, tmp_path / "two", **common, **moe))
     assert np.isfinite(losses(two.run())).all()
+
+
+def test_model_builds_under_zero_init():
+    """ZeRO-3 construction (parameters partitioned as they are created) still initialises."""
+    import deepspeed
+
+    from ofa_ds.config.flavors import get_flavor
+    from ofa_ds.engine.distributed import init_distributed
+    from ofa_ds.model.ofa import OFAModel
+
+    init_distributed()
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
+    with deepspeed.zero.Init(config_dict_or_path=config):
+        model = OFAModel(get_flavor("test", vocab_size=300))
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        emb = model.encoder.embed_tokens.weight
+        assert emb.shape == (300, 64) and torch.all(emb[1] == 0) and 0.015 < emb.std() < 0.025
