@@ -6,7 +6,6 @@ projection. Training = 3 x forward (backward costs two forwards). Multiply-add =
 """
 from __future__ import annotations
 
-import copy
 import functools
 
 import torch

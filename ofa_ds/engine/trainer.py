@@ -74,8 +74,6 @@ def freeze(model, cfg: TrainConfig) -> list[nn.Module]:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        import deepspeed
-
         from ofa_ds.data.vocab import Vocabulary
         from ofa_ds.kernels import set_attention_impl
 

@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ofa_ds.model.config import OFAConfig
-from ofa_ds.model.encoder import position_bias
+from ofa_ds.model.encoder import PositionalStack, position_bias
 from ofa_ds.model.layers import drop_path_rates, DecoderLayer, layer_norm
-from ofa_ds.model.position import code_position_index, image_bucket_table, token_bucket_table
+from ofa_ds.model.position import code_position_index
 
 
 def _per_sample(code_masks, text_value, code_value):
@@ -30,22 +30,16 @@ def _per_sample(code_masks, text_value, code_value):
     return torch.where(code_masks.view(shape), code_value, text_value)
 
 
-class OFADecoder(nn.Module):
+class OFADecoder(PositionalStack):
     def __init__(self, cfg: OFAConfig, embed_tokens: nn.Embedding):
         super().__init__()
         d, H = cfg.embed_dim, cfg.decoder_heads
-        self.cfg = cfg
-        self.head_dim = d // H
-        self.pos_scaling = (self.head_dim * cfg.attn_scale_factor) ** -0.5
-        self.embed_scale = cfg.embed_scale
+        self._init_common(cfg, H)
 
         self.embed_tokens = embed_tokens
         self.layernorm_embedding = layer_norm(d) if cfg.layernorm_embedding else None
         self.code_layernorm_embedding = layer_norm(d) if cfg.code_layernorm_embedding else None
-        self.embed_positions = nn.Embedding(cfg.max_positions + 2, d)
-        self.embed_image_positions = nn.Embedding(cfg.num_image_positions, d)
-        self.pos_ln = layer_norm(d)
-        self.image_pos_ln = layer_norm(d)
+        self._init_positions(cfg)
         self.self_pos_q_linear = nn.Linear(d, d)
         self.self_pos_k_linear = nn.Linear(d, d)
         self.cross_pos_q_linear = nn.Linear(d, d)
@@ -56,12 +50,7 @@ class OFADecoder(nn.Module):
         self.layer_norm = layer_norm(d) if cfg.normalize_before else None
         self.output_projection = nn.Linear(d, cfg.vocab_size, bias=False)
         self.output_projection.weight = embed_tokens.weight  # tied
-        self.token_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(cfg.num_token_rel_buckets, H) for _ in range(cfg.decoder_layers))
-        self.image_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(cfg.num_image_rel_buckets, H) for _ in range(cfg.decoder_layers))
-        self.register_buffer("token_rp_bucket", token_bucket_table(cfg.token_bucket_size), persistent=False)
-        self.register_buffer("image_rp_bucket", image_bucket_table(cfg.image_bucket_size), persistent=False)
+        self._init_relative_tables(cfg, H, cfg.decoder_layers)
         self.register_buffer(
             "image_position_idx",
             code_position_index(cfg.code_image_size, cfg.image_bucket_size), persistent=False)
@@ -93,28 +82,41 @@ class OFADecoder(nn.Module):
         code = self.image_rel_pos_table_list[j](self.image_rp_bucket[idx][:, idx]).permute(2, 0, 1)[None]
         return _per_sample(code_masks, text, code)
 
-    def _embed(self, tokens_BTq, pos_raw, code_masks):
-        x = self.embed_scale * self.embed_tokens(tokens_BTq)
+    def _embed(self, token_embeddings_BTqd, pos_raw, code_masks):
+        x = self.embed_scale * token_embeddings_BTqd
         if not self.cfg.disable_entangle:  # upstream quirk, off for the released weights
-            x = x + pos_raw[:, -tokens_BTq.shape[1]:]
+            x = x + pos_raw[:, -x.shape[1]:]
         if self.layernorm_embedding is not None:
             text = self.layernorm_embedding(x)
             code = self.code_layernorm_embedding(x) if self.code_layernorm_embedding is not None else text
             x = _per_sample(code_masks, text, code)
         return F.dropout(x, p=self.cfg.dropout, training=self.training)
 
-    def forward(self, prev_output_tokens, encoder_out: dict, code_masks=None,
-                cache: list | None = None):
-        """Returns (logits [B, Tq, V], extra). With ``cache`` (a list, one dict per layer,
-        filled on the first call) only the last position is computed."""
-        B, T = prev_output_tokens.shape
-        Tq = 1 if cache is not None else T
+    def prepare(self, prev_output_tokens, encoder_positions_BLd, code_masks=None, Tq: int | None = None,
+                token_embeddings=None):
+        """Everything before the layers, for the last ``Tq`` positions (all by default):
+        the embedded input ``x`` [B, Tq, d], the absolute self-attention bias
+        [1|B, H, Tq, T] and the cross-attention bias [B, H, Tq, L]. ``token_embeddings``:
+        ``embed_tokens`` of those positions when the table lives elsewhere (pipeline)."""
+        T = prev_output_tokens.shape[1]
+        Tq = T if Tq is None else Tq
         pos_raw, pos = self._positions(T, code_masks)
         self_abs = position_bias(self.self_pos_q_linear, self.self_pos_k_linear, pos[:, -Tq:], pos,
                                  self.head_dim, self.pos_scaling)
         cross_bias = position_bias(self.cross_pos_q_linear, self.cross_pos_k_linear, pos[:, -Tq:],
-                                   encoder_out["position_embeddings"], self.head_dim, self.pos_scaling)
-        x = self._embed(prev_output_tokens[:, -Tq:], pos_raw, code_masks)
+                                   encoder_positions_BLd, self.head_dim, self.pos_scaling)
+        if token_embeddings is None:
+            token_embeddings = self.embed_tokens(prev_output_tokens[:, -Tq:])
+        return self._embed(token_embeddings, pos_raw, code_masks), self_abs, cross_bias
+
+    def forward(self, prev_output_tokens, encoder_out: dict, code_masks=None,
+                cache: list | None = None):
+        """Returns (logits [B, Tq, V], extra). With ``cache`` (a list, one dict per layer,
+        filled on the first call) only the last position is computed."""
+        T = prev_output_tokens.shape[1]
+        Tq = 1 if cache is not None else T
+        x, self_abs, cross_bias = self.prepare(prev_output_tokens, encoder_out["position_embeddings"],
+                                               code_masks, Tq)
         self_padding = prev_output_tokens.eq(self.cfg.pad)
         if cache is not None and not cache:
             cache.extend({} for _ in self.layers)

@@ -25,14 +25,37 @@ def position_bias(q_linear: nn.Linear, k_linear: nn.Linear, q_pos, k_pos, head_d
     return torch.matmul(q, k.transpose(-1, -2))
 
 
-class OFAEncoder(nn.Module):
+class PositionalStack(nn.Module):
+    """What encoder and decoder share: absolute position tables with their LayerNorms, and
+    one text and one image relative-position table per layer (not shared between layers)."""
+
+    def _init_common(self, cfg: OFAConfig, heads: int) -> None:
+        self.cfg = cfg
+        self.head_dim = cfg.embed_dim // heads
+        self.pos_scaling = (self.head_dim * cfg.attn_scale_factor) ** -0.5
+        self.embed_scale = cfg.embed_scale
+
+    def _init_positions(self, cfg: OFAConfig) -> None:
+        d = cfg.embed_dim
+        self.embed_positions = nn.Embedding(cfg.max_positions + 2, d)
+        self.embed_image_positions = nn.Embedding(cfg.num_image_positions, d)
+        self.pos_ln = layer_norm(d)
+        self.image_pos_ln = layer_norm(d)
+
+    def _init_relative_tables(self, cfg: OFAConfig, heads: int, n_layers: int) -> None:
+        self.token_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding(cfg.num_token_rel_buckets, heads) for _ in range(n_layers))
+        self.image_rel_pos_table_list = nn.ModuleList(
+            nn.Embedding(cfg.num_image_rel_buckets, heads) for _ in range(n_layers))
+        self.register_buffer("token_rp_bucket", token_bucket_table(cfg.token_bucket_size), persistent=False)
+        self.register_buffer("image_rp_bucket", image_bucket_table(cfg.image_bucket_size), persistent=False)
+
+
+class OFAEncoder(PositionalStack):
     def __init__(self, cfg: OFAConfig, embed_tokens: nn.Embedding):
         super().__init__()
         d, H = cfg.embed_dim, cfg.encoder_heads
-        self.cfg = cfg
-        self.head_dim = d // H
-        self.pos_scaling = (self.head_dim * cfg.attn_scale_factor) ** -0.5
-        self.embed_scale = cfg.embed_scale
+        self._init_common(cfg, H)
 
         self.embed_tokens = embed_tokens
         self.layernorm_embedding = layer_norm(d) if cfg.layernorm_embedding else None
@@ -41,22 +64,14 @@ class OFAEncoder(nn.Module):
         self.image_proj = nn.Linear(ResNetBackbone.out_channels, d)
         self.patch_layernorm_embedding = layer_norm(d) if cfg.patch_layernorm_embedding else None
 
-        self.embed_positions = nn.Embedding(cfg.max_positions + 2, d)
-        self.embed_image_positions = nn.Embedding(cfg.num_image_positions, d)
-        self.pos_ln = layer_norm(d)
-        self.image_pos_ln = layer_norm(d)
+        self._init_positions(cfg)
         self.pos_q_linear = nn.Linear(d, d)
         self.pos_k_linear = nn.Linear(d, d)
 
         rates = drop_path_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)
         self.layers = nn.ModuleList(EncoderLayer(cfg, rates[i]) for i in range(cfg.encoder_layers))
         self.layer_norm = layer_norm(d) if cfg.normalize_before else None
-        self.token_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(cfg.num_token_rel_buckets, H) for _ in range(cfg.encoder_layers))
-        self.image_rel_pos_table_list = nn.ModuleList(
-            nn.Embedding(cfg.num_image_rel_buckets, H) for _ in range(cfg.encoder_layers))
-        self.register_buffer("token_rp_bucket", token_bucket_table(cfg.token_bucket_size), persistent=False)
-        self.register_buffer("image_rp_bucket", image_bucket_table(cfg.image_bucket_size), persistent=False)
+        self._init_relative_tables(cfg, H, cfg.encoder_layers)
 
     # -- pieces ------------------------------------------------------------------------
     def embed_patches(self, patch_images, patch_masks, sample_patch_num):
@@ -87,19 +102,22 @@ class OFAEncoder(nn.Module):
     def layer_bias(self, i: int, abs_bias_BHLL, n_image: int, image_buckets_BNN):
         """Absolute bias plus layer i's relative bias on the image and text blocks."""
         S = abs_bias_BHLL.shape[-1] - n_image
-        bias = abs_bias_BHLL.clone()
-        text_rel = self.token_rel_pos_table_list[i](self.token_rp_bucket[:S, :S])  # [S, S, H]
-        bias[:, :, n_image:, n_image:] += text_rel.permute(2, 0, 1)
-        if n_image:
-            image_rel = self.image_rel_pos_table_list[i](image_buckets_BNN)  # [B, N, N, H]
-            bias[:, :, :n_image, :n_image] += image_rel.permute(0, 3, 1, 2)
-        return bias
+        text_rel = self.token_rel_pos_table_list[i](self.token_rp_bucket[:S, :S])
+        image_rel = self.image_rel_pos_table_list[i](image_buckets_BNN) if n_image else None
+        return add_relative_bias(abs_bias_BHLL, text_rel, image_rel)
 
     # -- forward -----------------------------------------------------------------------
-    def forward(self, src_tokens, src_lengths=None, patch_images=None, patch_masks=None,
-                sample_patch_num=None) -> dict:
+    def embed(self, src_tokens, patch_images=None, patch_masks=None, sample_patch_num=None,
+              token_embeddings=None) -> dict:
+        """Everything before the layers: ``x`` [B, L, d] (padded positions zeroed),
+        ``padding`` [B, L], ``positions`` [B, L, d] (layer-normed, for the decoder),
+        ``abs_bias`` [B, H, L, L] and ``image_buckets`` [B, N, N] (None without images).
+        ``token_embeddings``: the looked-up ``embed_tokens(src_tokens)`` when the table lives
+        elsewhere (pipeline stages)."""
         B, S = src_tokens.shape
-        text = self._embed(self.embed_tokens(src_tokens), 0, self.layernorm_embedding)
+        if token_embeddings is None:
+            token_embeddings = self.embed_tokens(src_tokens)
+        text = self._embed(token_embeddings, 0, self.layernorm_embedding)
         text_pad = src_tokens.eq(self.cfg.pad)
         text_pos = self.pos_ln(self.embed_positions.weight[:S]).expand(B, -1, -1)
 
@@ -111,19 +129,39 @@ class OFAEncoder(nn.Module):
             padding = torch.cat([image_pad, text_pad], dim=1)
             positions = torch.cat([image_pos, text_pos], dim=1)
             image_buckets = self.image_rp_bucket[image_ids[:, :, None], image_ids[:, None, :]]
-            n_image = image_ids.shape[1]
         else:
-            x, padding, positions, image_buckets, n_image = text, text_pad, text_pos, None, 0
+            x, padding, positions, image_buckets = text, text_pad, text_pos, None
 
         # Padded positions (text pads, images of samples without one) are exactly zero.
         x = x * (1 - padding.unsqueeze(-1).type_as(x))
         abs_bias = position_bias(self.pos_q_linear, self.pos_k_linear, positions, positions,
                                  self.head_dim, self.pos_scaling)
+        return {"x": x, "padding": padding, "positions": positions, "abs_bias": abs_bias,
+                "image_buckets": image_buckets}
+
+    def forward(self, src_tokens, src_lengths=None, patch_images=None, patch_masks=None,
+                sample_patch_num=None) -> dict:
+        e = self.embed(src_tokens, patch_images, patch_masks, sample_patch_num)
+        n_image = 0 if e["image_buckets"] is None else e["image_buckets"].shape[1]
+        x = e["x"]
         for i, layer in enumerate(self.layers):
-            x = layer(x, padding, self.layer_bias(i, abs_bias, n_image, image_buckets))
+            x = layer(x, e["padding"], self.layer_bias(i, e["abs_bias"], n_image, e["image_buckets"]))
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        return {"encoder_out": x, "padding_mask": padding, "position_embeddings": positions}
+        return {"encoder_out": x, "padding_mask": e["padding"], "position_embeddings": e["positions"]}
+
+
+def add_relative_bias(abs_bias_BHLL, text_rel_SSH, image_rel_BNNH=None):
+    """A layer's attention bias: the shared absolute bias plus its relative terms on the
+    text block (last S rows and columns) and the image block (first N). Image<->text
+    blocks get the absolute bias only."""
+    S = text_rel_SSH.shape[0]
+    bias = abs_bias_BHLL.clone()
+    bias[:, :, -S:, -S:] += text_rel_SSH.permute(2, 0, 1)
+    if image_rel_BNNH is not None:
+        N = image_rel_BNNH.shape[1]
+        bias[:, :, :N, :N] += image_rel_BNNH.permute(0, 3, 1, 2)
+    return bias
 
 
 def reorder_encoder_out(encoder_out: dict, new_order: torch.Tensor) -> dict:

@@ -107,6 +107,17 @@ def _ffn(layer, x):
 class _Sublayers(nn.Module):
     """Shared residual plumbing of encoder and decoder layers (pre- or post-norm)."""
 
+    def _init_ffn_and_residual(self, cfg, drop_path: float) -> None:
+        """The FFN and residual parts both layer kinds share (checkpoint names included)."""
+        d = cfg.embed_dim
+        self.fc1 = nn.Linear(d, cfg.ffn_dim)
+        self.fc2 = nn.Linear(cfg.ffn_dim, d)
+        self.ffn_layernorm = layer_norm(cfg.ffn_dim) if cfg.scale_fc else None
+        self.activation_dropout = cfg.activation_dropout
+        self.final_layer_norm = layer_norm(d)
+        self.w_resid = nn.Parameter(torch.ones(d)) if cfg.scale_resids else None
+        self.drop_path = DropPath(drop_path)
+
     def _residual(self, x, branch, pre_norm: nn.Module, mid_norm: nn.Module | None):
         residual = x
         y = pre_norm(x) if self.normalize_before else x
@@ -133,13 +144,7 @@ class EncoderLayer(_Sublayers):
                                       dropout=cfg.attention_dropout, scale_heads=cfg.scale_heads)
         self.self_attn_layer_norm = layer_norm(d)
         self.attn_ln = layer_norm(d) if cfg.scale_attn else None
-        self.fc1 = nn.Linear(d, cfg.ffn_dim)
-        self.fc2 = nn.Linear(cfg.ffn_dim, d)
-        self.ffn_layernorm = layer_norm(cfg.ffn_dim) if cfg.scale_fc else None
-        self.activation_dropout = cfg.activation_dropout
-        self.final_layer_norm = layer_norm(d)
-        self.w_resid = nn.Parameter(torch.ones(d)) if cfg.scale_resids else None
-        self.drop_path = DropPath(drop_path)
+        self._init_ffn_and_residual(cfg, drop_path)
 
     def forward(self, x_BLd, padding_mask_BL, bias_BHLL):
         attn = lambda y: self.self_attn(y, bias=bias_BHLL, key_padding_mask=padding_mask_BL)
@@ -161,13 +166,7 @@ class DecoderLayer(_Sublayers):
         self.encoder_attn = OFAAttention(d, cfg.decoder_heads, **attn_kwargs)
         self.encoder_attn_layer_norm = layer_norm(d)
         self.cross_attn_ln = layer_norm(d) if cfg.scale_attn else None
-        self.fc1 = nn.Linear(d, cfg.ffn_dim)
-        self.fc2 = nn.Linear(cfg.ffn_dim, d)
-        self.ffn_layernorm = layer_norm(cfg.ffn_dim) if cfg.scale_fc else None
-        self.activation_dropout = cfg.activation_dropout
-        self.final_layer_norm = layer_norm(d)
-        self.w_resid = nn.Parameter(torch.ones(d)) if cfg.scale_resids else None
-        self.drop_path = DropPath(drop_path)
+        self._init_ffn_and_residual(cfg, drop_path)
 
     def forward(self, x_BTd, encoder_out_BLd, encoder_padding_mask_BL, self_padding_mask_BT,
                 self_bias_BHTT, cross_bias_BHTL, cache: dict | None = None):

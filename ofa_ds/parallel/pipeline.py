@@ -59,7 +59,7 @@ from deepspeed.runtime import utils as ds_utils
 
 from ofa_ds.model.config import OFAConfig
 from ofa_ds.model.decoder import OFADecoder, _per_sample
-from ofa_ds.model.encoder import OFAEncoder, position_bias
+from ofa_ds.model.encoder import OFAEncoder, add_relative_bias
 from ofa_ds.model.init import init_ofa_weights
 from ofa_ds.model.layers import DecoderLayer, EncoderLayer, drop_path_rates, layer_norm
 from ofa_ds.model.resnet import ResNetBackbone
@@ -145,23 +145,10 @@ class EncoderEmbedPipe(_Piece):
     def forward(self, inputs):
         src_emb, tgt_emb, patch_images, src_tokens, prev_tokens, patch_masks, code_masks = inputs
         enc = self.encoder
-        B, S = src_tokens.shape
-        text = enc._embed(src_emb, 0, enc.layernorm_embedding)
-        text_pad = src_tokens.eq(enc.cfg.pad)
-        text_pos = enc.pos_ln(enc.embed_positions.weight[:S]).expand(B, -1, -1)
-        patches, image_ids, image_pad = enc.embed_patches(patch_images, patch_masks.bool(), self.sample_patch_num)
-        image = enc._embed(patches, 1, enc.patch_layernorm_embedding)
-        image_pos = enc.image_pos_ln(enc.embed_image_positions(image_ids))
-        x = torch.cat([image, text], dim=1)
-        padding = torch.cat([image_pad, text_pad], dim=1)
-        positions = torch.cat([image_pos, text_pos], dim=1)
-        x = x * (1 - padding.unsqueeze(-1).type_as(x))
-        abs_bias = position_bias(enc.pos_q_linear, enc.pos_k_linear, positions, positions, enc.head_dim,
-                                 enc.pos_scaling)
-        image_buckets = enc.image_rp_bucket[image_ids[:, :, None], image_ids[:, None, :]]
-        text_buckets = enc.token_rp_bucket[:S, :S]
-        return _sendable(x, abs_bias, positions, tgt_emb, padding.long(), image_buckets, text_buckets,
-                         prev_tokens, code_masks)
+        S = src_tokens.shape[1]
+        e = enc.embed(src_tokens, patch_images, patch_masks.bool(), self.sample_patch_num, token_embeddings=src_emb)
+        return _sendable(e["x"], e["abs_bias"], e["positions"], tgt_emb, e["padding"].long(), e["image_buckets"],
+                         enc.token_rp_bucket[:S, :S], prev_tokens, code_masks)
 
 
 class EncoderLayerPipe(_Piece):
@@ -181,11 +168,8 @@ class EncoderLayerPipe(_Piece):
     def forward(self, inputs):
         x, abs_bias, enc_pos, tgt_emb, enc_pad, image_buckets, text_buckets, prev_tokens, code_masks = inputs
         i, enc = str(self.index), self.encoder
-        n_image = image_buckets.shape[1]
-        bias = abs_bias.clone()
         text_table, image_table = getattr(enc.token_rel_pos_table_list, i), getattr(enc.image_rel_pos_table_list, i)
-        bias[:, :, n_image:, n_image:] += text_table(text_buckets).permute(2, 0, 1)
-        bias[:, :, :n_image, :n_image] += image_table(image_buckets).permute(0, 3, 1, 2)
+        bias = add_relative_bias(abs_bias, text_table(text_buckets), image_table(image_buckets))
         x = getattr(enc.layers, i)(x, enc_pad.bool(), bias)
         if not self.last:
             return (x, abs_bias, enc_pos, tgt_emb, enc_pad, image_buckets, text_buckets, prev_tokens, code_masks)
@@ -200,7 +184,7 @@ class DecoderEmbedPipe(_Piece):
         # A zero-layer decoder over a 1-row stand-in vocabulary: keeps the model's own
         # position/embedding code; the real table lives in the tied piece.
         shell = OFADecoder(cfg.replace(decoder_layers=0, vocab_size=1), nn.Embedding(1, cfg.embed_dim))
-        shell.embed_tokens = nn.Identity()  # tokens arrive embedded (tgt_emb)
+        shell.embed_tokens = None  # tokens arrive embedded (tgt_emb); the table is the tied piece
         shell.output_projection = None
         shell.layer_norm = None
         self._put("decoder", shell)
@@ -211,13 +195,7 @@ class DecoderEmbedPipe(_Piece):
         enc_out, enc_pos, tgt_emb, enc_pad, prev_tokens, code_masks = inputs
         dec = self.decoder
         T = prev_tokens.shape[1]
-        masks = code_masks.bool()
-        pos_raw, pos = dec._positions(T, masks)
-        self_abs = position_bias(dec.self_pos_q_linear, dec.self_pos_k_linear, pos, pos, dec.head_dim,
-                                 dec.pos_scaling)
-        cross_abs = position_bias(dec.cross_pos_q_linear, dec.cross_pos_k_linear, pos, enc_pos, dec.head_dim,
-                                  dec.pos_scaling)
-        y = dec._embed(tgt_emb, pos_raw, masks)
+        y, self_abs, cross_abs = dec.prepare(prev_tokens, enc_pos, code_masks.bool(), token_embeddings=tgt_emb)
         idx = dec.image_position_idx[:T]
         return _sendable(y, enc_out, self_abs, cross_abs, enc_pad, prev_tokens.eq(self.pad).long(),
                          dec.token_rp_bucket[:T, :T], dec.image_rp_bucket[idx][:, idx], code_masks)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ofa_ds.data.pretrain import PretrainDataConfig, build_pretrain_loader
 from ofa_ds.tasks.base import Task, with_moe_aux
 
