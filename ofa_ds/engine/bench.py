@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=8, help="vision-language rows per step (a multiple of 8)")
     p.add_argument("--image-size", type=int, default=384)
     p.add_argument("--extras-image-size", type=int, default=256)
-    p.add_argument("--sample-patch-num", type=int, default=196)
+    p.add_argument("--sample-patch-num", type=int, default=196, help="patches kept per VL image (0: all)")
     p.add_argument("--src-len", type=int, default=40)
     p.add_argument("--tgt-len", type=int, default=20)
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant (after one warm-up)")
@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--malloc-mmap-threshold", type=int, default=256 << 20)
     args = p.parse_args(argv)
+    args.sample_patch_num = args.sample_patch_num or None
     variants = args.variants.split(",")
     unknown = set(variants) - set(VARIANTS)
     if unknown:

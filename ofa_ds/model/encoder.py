@@ -111,7 +111,8 @@ class OFAEncoder(PositionalStack):
               token_embeddings=None) -> dict:
         """Everything before the layers: ``x`` [B, L, d] (padded positions zeroed),
         ``padding`` [B, L], ``positions`` [B, L, d] (layer-normed, for the decoder),
-        ``abs_bias`` [B, H, L, L] and ``image_buckets`` [B, N, N] (None without images).
+        ``abs_bias`` [1|B, H, L, L] and ``image_buckets`` [1|B, N, N] (None without images;
+        batch dim 1 when no patches were sampled).
         ``token_embeddings``: the looked-up ``embed_tokens(src_tokens)`` when the table lives
         elsewhere (pipeline stages)."""
         B, S = src_tokens.shape
@@ -128,14 +129,20 @@ class OFAEncoder(PositionalStack):
             x = torch.cat([image, text], dim=1)
             padding = torch.cat([image_pad, text_pad], dim=1)
             positions = torch.cat([image_pos, text_pos], dim=1)
-            image_buckets = self.image_rp_bucket[image_ids[:, :, None], image_ids[:, None, :]]
         else:
-            x, padding, positions, image_buckets = text, text_pad, text_pos, None
+            x, padding, positions, image_ids = text, text_pad, text_pos, None
 
         # Padded positions (text pads, images of samples without one) are exactly zero.
         x = x * (1 - padding.unsqueeze(-1).type_as(x))
-        abs_bias = position_bias(self.pos_q_linear, self.pos_k_linear, positions, positions,
-                                 self.head_dim, self.pos_scaling)
+        # Positions do not depend on the sample unless patches were sampled: then the biases
+        # are computed once, [1, H, L, L], and broadcast (B times less work and memory).
+        shared = sample_patch_num is None
+        pos = positions[:1] if shared else positions
+        abs_bias = position_bias(self.pos_q_linear, self.pos_k_linear, pos, pos, self.head_dim, self.pos_scaling)
+        image_buckets = None
+        if image_ids is not None:
+            ids = image_ids[:1] if shared else image_ids
+            image_buckets = self.image_rp_bucket[ids[:, :, None], ids[:, None, :]]
         return {"x": x, "padding": padding, "positions": positions, "abs_bias": abs_bias,
                 "image_buckets": image_buckets}
 
