@@ -127,6 +127,8 @@ class TaskSection:
     extras_weight: float = 1.0
     """Weight of the extras group (text/image infilling, detection) in pretraining."""
     ignore_eos: bool = False
+    constraint_range: str | None = None
+    """"start,end": only ids 0-3 and [start, end) get probability (e.g. "50265,58457" for image codes)."""
     drop_worst_ratio: float = 0.0
     drop_worst_after: int = 0
     eval_beam: int = 5

@@ -37,7 +37,9 @@ class Task:
         self.cfg = cfg
         self.vocab = vocab
         t = cfg.task
+        constraint = tuple(int(x) for x in t.constraint_range.split(",")) if t.constraint_range else None
         self.loss_options = LossOptions(label_smoothing=t.label_smoothing, ignore_eos=t.ignore_eos,
+                                        constraint_range=constraint,
                                         drop_worst_ratio=t.drop_worst_ratio,
                                         drop_worst_after=t.drop_worst_after)
         # The layout may swap in the vocab-parallel criterion (same contract).

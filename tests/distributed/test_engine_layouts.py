@@ -60,3 +60,29 @@ def test_layout_matches_single_process(name, sample_data, tmp_path, single_losse
     # +-lr, so weights agree to ~2*lr*steps; a mis-gathered shard is off by the init scale.
     for (k, a), b in zip(exported.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=4e-3, msg=k)
+
+
+def test_checkpoint_crosses_layouts(sample_data, tmp_path, single_losses):
+    """A single-device checkpoint (exported by the 1-process run) loaded into a TP=2 x PP=2
+    run gives the first-step loss that a 1-process run from the same checkpoint gives; the
+    TP=2 x PP=2 run's own export loads back as a single-device model."""
+    import os
+    import subprocess
+    import sys
+
+    from ofa_ds.model.ofa import OFAModel
+
+    _, single_out = single_losses
+    init = {**SAME_MATH, "model.init_from": str(single_out / "final"), "train.max_steps": 1,
+            "train.save_every": 1}
+    expected = [h["loss"] for h in Trainer(engine_config(sample_data, tmp_path / "one", **init)).run()]
+    out = tmp_path / "tp2pp2"
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "4", "--master_port", str(free_port()),
+           "--module", "ofa_ds.train", "pretrain",
+           *engine_overrides(sample_data, out, **init, **LAYOUTS["tp2-pp2"][1])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert read_losses(out) == pytest.approx(expected, rel=2e-5)
+    assert OFAModel.from_pretrained(out / "final").config.vocab_size == OFAModel.from_pretrained(
+        single_out / "final").config.vocab_size
