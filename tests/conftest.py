@@ -46,3 +46,15 @@ def sample_data(tmp_path_factory) -> Path:
             "--detection-rows", "8", "--finetune-rows", "16", "--code-image-size", "32"]
     assert make_sample_data(args) == 0
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny-op tests (step-by-step decoding) are dominated by per-op overhead; extra intra-op
+    threads only oversubscribe a shared CI machine (several times slower under load)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

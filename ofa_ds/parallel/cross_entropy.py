@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from ofa_ds.parallel.groups import TPContext
 from ofa_ds.parallel.mappings import gather_from_tp, max_over_tp
-from ofa_ds.tasks.criterion import LossOptions, LossOutput
+from ofa_ds.tasks.criterion import LossOptions, LossOutput, finish_loss, smoothing_weight
 
 
 def _sum_over_tp(x: torch.Tensor, tp: TPContext) -> torch.Tensor:
@@ -131,24 +131,12 @@ def vocab_parallel_label_smoothed_cross_entropy(
         allowed = allowed.expand(logits.shape)[keep]
     nll, smooth, n_allowed = _VocabParallelSmoothedNLL.apply(rows, target[keep], conf[keep].contiguous(),
                                                              allowed, start, tp)
-    eps = options.label_smoothing
-    if eps > 0:
-        if allowed is None:
-            eps_i = eps / (V - 1)
-        elif constraint_masks_BTV is not None:
-            eps_i = eps / (n_allowed - 1 + 1e-6)
-        else:
-            eps_i = eps / (n_allowed - 1)
-        token_loss = (1.0 - eps - eps_i) * nll + eps_i * smooth
-    else:
-        token_loss = nll
-
-    if options.drop_worst_ratio > 0 and update_num > options.drop_worst_after:
-        # Token losses are identical on every TP rank, so every rank keeps the same tokens.
-        n_keep = int(token_loss.numel() * (1 - options.drop_worst_ratio))
-        token_loss, idx = torch.topk(token_loss, k=n_keep, largest=False)
-        nll = nll[idx]
-    return LossOutput(token_loss.sum(), nll.sum(), int(token_loss.numel()))
+    eps_i = None
+    if options.label_smoothing > 0:
+        eps_i = smoothing_weight(options.label_smoothing, V, None if allowed is None else n_allowed,
+                                 from_mask=constraint_masks_BTV is not None)
+    # Token losses are identical on every TP rank, so drop-worst keeps the same tokens everywhere.
+    return finish_loss(nll, smooth, eps_i, options, update_num)
 
 
 def gather_vocab_logits(logits_BTv: torch.Tensor, tp: TPContext) -> torch.Tensor:

@@ -68,21 +68,33 @@ def label_smoothed_cross_entropy(logits_BTV, target_BT, conf_B=None, *, options:
 
     nll = -lprobs.gather(-1, target[:, None]).squeeze(-1)
     eps = options.label_smoothing
+    smooth = eps_i = None
     if eps > 0:
         if allowed is None:
             smooth = -lprobs.sum(-1)
-            eps_i = eps / (V - 1)
+            eps_i = smoothing_weight(eps, V)
         else:
             # -inf * False would be nan; sum only the allowed entries.
             smooth = -lprobs.masked_fill(~allowed, 0.0).sum(-1)
-            n_allowed = allowed.sum(-1).float()
-            eps_i = eps / ((n_allowed - 1 + 1e-6) if constraint_masks_BTV is not None else (n_allowed - 1))
-        token_loss = (1.0 - eps - eps_i) * nll + eps_i * smooth
-    else:
-        token_loss = nll
+            eps_i = smoothing_weight(eps, V, allowed.sum(-1).float(), from_mask=constraint_masks_BTV is not None)
+    return finish_loss(nll, smooth, eps_i, options, update_num)
 
+
+def smoothing_weight(eps: float, vocab_size: int, n_allowed=None, *, from_mask: bool = False):
+    """Share of epsilon each non-target token gets: spread over the allowed tokens (OFA adds
+    1e-6 to the count when the allowed set comes from a constraint mask)."""
+    if n_allowed is None:
+        return eps / (vocab_size - 1)
+    return eps / (n_allowed - 1 + 1e-6) if from_mask else eps / (n_allowed - 1)
+
+
+def finish_loss(nll_N, smooth_N, eps_i, options: LossOptions, update_num: int) -> LossOutput:
+    """Per-token losses -> sums: smoothing (1 - eps - eps_i) * nll + eps_i * smooth, then the
+    optional drop-worst selection (token level, as OFA)."""
+    eps = options.label_smoothing
+    token_loss = (1.0 - eps - eps_i) * nll_N + eps_i * smooth_N if eps > 0 else nll_N
     if options.drop_worst_ratio > 0 and update_num > options.drop_worst_after:
         n_keep = int(token_loss.numel() * (1 - options.drop_worst_ratio))
         token_loss, idx = torch.topk(token_loss, k=n_keep, largest=False)
-        nll = nll[idx]
-    return LossOutput(token_loss.sum(), nll.sum(), int(token_loss.numel()))
+        nll_N = nll_N[idx]
+    return LossOutput(token_loss.sum(), nll_N.sum(), int(token_loss.numel()))

@@ -18,14 +18,8 @@ CODE_RANGE = (50265, 58457)  # <code_0> .. <code_8191>
 EOS = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Decoding steps are tiny ops dominated by per-op overhead; extra intra-op threads only
-    oversubscribe a shared CI machine (several times slower under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Decoding steps are tiny ops: one intra-op thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- golden: OFA's SequenceGenerator on batch A --------------------------------------------

@@ -26,14 +26,8 @@ ATOL = 1e-5
 FP32_GOLDEN_ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Decoding steps are tiny ops dominated by per-op overhead; extra intra-op threads only
-    oversubscribe a shared CI machine (several times slower under load). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Decoding steps are tiny ops: one intra-op thread (see conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def stepwise_logits(model, prev_output_tokens, enc, code_masks):
