@@ -44,6 +44,11 @@ class CaptionData:
     def __len__(self) -> int:
         return len(self.file)
 
+    def references(self, i: int) -> list[str]:
+        """Reference captions of row i ("&&"-joined in OFA's val/test files), punctuation removed."""
+        caption = self.file.row(i)[2]
+        return [" ".join(c.translate(_PUNCT).split()) for c in caption.split("&&")]
+
     def sample(self, i: int) -> Sample:
         uniq_id, image_b64, caption = self.file.row(i)
         image = decode_base64_image(image_b64, file=self.file.path, row=i, field="image")
@@ -117,34 +122,32 @@ class CaptionTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, *, device, max_rows: int = 64) -> dict:
-        """Validation loss per token and word-level F1 of beam-search captions (rank-local).
-
-        TODO: CIDEr-D (OFA's model-selection metric) is not implemented yet."""
+        """Validation loss per token and CIDEr-D of beam-search captions (OFA's model-selection
+        metric; document frequencies from this validation set; rank-local)."""
         if not self.cfg.data.caption_valid:
             return {}
         from ofa_ds.generation import GenerationConfig, SequenceGenerator
+        from ofa_ds.tasks.metrics import cider_d
 
         data = self._data(self.cfg.data.caption_valid)
         was_training = model.training
         model.eval()
-        loss_sum, ntok, f1s = 0.0, 0, []
+        loss_sum, ntok, hyps, refs = 0.0, 0, [], []
         # OFA's caption decoding settings, at the configured beam and length.
-        gen = SequenceGenerator(model, GenerationConfig(beam=self.cfg.task.eval_beam, max_len_b=self.cfg.task.eval_max_len,
+        gen = SequenceGenerator(model, GenerationConfig(beam=self.cfg.task.eval_beam,
+                                                        max_len_b=self.cfg.task.eval_max_len,
                                                         no_repeat_ngram_size=3))
-        for start in range(0, min(len(data), max_rows), 8):
-            samples = [data.sample(i) for i in range(start, min(start + 8, len(data), max_rows))]
-            batch = move_to(collate(samples, pad=self.vocab.pad), device,
+        rows = list(range(min(len(data), max_rows)))
+        for start in range(0, len(rows), 8):
+            chunk = rows[start:start + 8]
+            batch = move_to(collate([data.sample(i) for i in chunk], pad=self.vocab.pad), device,
                             next(model.parameters()).dtype)
             out = self.group_loss(model, batch, update_num=0)
             loss_sum, ntok = loss_sum + out.loss.item(), ntok + out.ntokens
             n = batch["net_input"]
-            hyps = gen.generate(n["src_tokens"], n["src_lengths"], patch_images=n["patch_images"],
-                                patch_masks=n["patch_masks"])
-            for hyp, sample in zip(hyps, samples):
-                pred = set(self.vocab.decode(hyp[0]["tokens"].tolist()).split())
-                ref = set(self.vocab.decode(sample.target[:-1].tolist()).split())
-                common = len(pred & ref)
-                f1s.append(0.0 if not common else 2 * common / (len(pred) + len(ref)))
+            for hyp in gen.generate(n["src_tokens"], n["src_lengths"], patch_images=n["patch_images"],
+                                    patch_masks=n["patch_masks"]):
+                hyps.append(" ".join(self.vocab.decode(hyp[0]["tokens"].tolist()).translate(_PUNCT).split()))
+            refs += [data.references(i) for i in chunk]
         model.train(was_training)
-        return {"valid_loss": loss_sum / max(ntok, 1), "valid_word_f1": sum(f1s) / max(len(f1s), 1)}
-
+        return {"valid_loss": loss_sum / max(ntok, 1), "valid_cider": cider_d(hyps, refs)}

@@ -106,7 +106,8 @@ def test_finetune_caption_through_the_same_engine(sample_data, tmp_path):
     history = Trainer(cfg).run()
     assert len(history) == 3 and all("caption_loss" in h for h in history)
     evals = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"eval"' in l]
-    assert evals and set(evals[0]["eval"]) == {"valid_loss", "valid_word_f1"}
+    assert evals and set(evals[0]["eval"]) == {"valid_loss", "valid_cider"}
+    assert evals[0]["eval"]["valid_cider"] >= 0.0
 
 
 def test_moe_switch_one_expert_equals_dense(sample_data, tmp_path):
