@@ -73,6 +73,8 @@ def freeze(model, cfg: TrainConfig) -> list[nn.Module]:
 
 
 class Trainer:
+    """Build steps run in this order; each is a method below."""
+
     def __init__(self, cfg: TrainConfig):
         from ofa_ds.data.vocab import Vocabulary
         from ofa_ds.kernels import set_attention_impl
@@ -83,19 +85,34 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         vocab_dir = Path(cfg.data.vocab_dir)
         self.vocab = Vocabulary.from_dir(vocab_dir if vocab_dir.is_absolute() else Path(cfg.data.root) / vocab_dir)
-
-        on_gpu = torch.cuda.is_available()
         set_attention_impl(cfg.model.attention_impl)  # "auto": the registry's per-device choice
         seed_everything(cfg.train.seed)
         self.layout = Layout(cfg, self.world_size, self.rank)
-        model = build_model(cfg, len(self.vocab))
+
+        model = self._build_model()
+        self.task = build_task(cfg, self.vocab)
+        if cfg.model.moe_layers:
+            self.task.moe_aux_weight = cfg.model.moe_aux_weight / (cfg.train.grad_accum * self.world_size)
+        self._build_engine(model)
+        # Data is sharded over data-parallel ranks only: TP and PP ranks of one replica read the same.
+        self.loader = self.task.build_train_loader(rank=self.layout.dp_rank, world_size=self.layout.dp_size,
+                                                   seed=cfg.train.seed)
+        self.step = 0
+        if cfg.train.resume:
+            self._resume()
+        if self.rank == 0:
+            self._log_setup(model)
+
+    def _build_model(self):
+        """Fresh or ``init_from`` weights, vocab padded for TP, freezing, checkpointing, MoE."""
+        m = self.cfg.model
+        model = build_model(self.cfg, len(self.vocab))
         model = pad_vocab(model, self.layout.model_vocab_size(len(self.vocab)))
-        self.frozen_bn = freeze(model, cfg)
-        if cfg.model.activation_checkpointing:
+        self.frozen_bn = freeze(model, self.cfg)
+        if m.activation_checkpointing:
             from ofa_ds.kernels.wrap import apply_activation_checkpointing
 
             apply_activation_checkpointing(model)
-        m = cfg.model
         if m.moe_layers:
             from ofa_ds.model.moe import apply_moe
 
@@ -105,34 +122,31 @@ class Trainer:
             apply_moe(model, m.moe_layers, m.moe_num_experts, m.moe_top_k, m.moe_capacity_factor,
                       backend=m.moe_backend, ep_size=m.moe_ep_size)
         self.model_config = model.config
-        self.task = build_task(cfg, self.vocab)
-        if m.moe_layers:
-            self.task.moe_aux_weight = m.moe_aux_weight / (cfg.train.grad_accum * self.world_size)
+        return model
 
-        ds_config = build_ds_config(cfg, on_gpu=on_gpu, pipeline_groups=len(self.task.group_weights))
+    def _build_engine(self, model) -> None:
+        """DeepSpeed JSON -> layout validation and groups -> the engine for that layout."""
+        cfg, o = self.cfg, self.cfg.optim
+        ds_config = build_ds_config(cfg, on_gpu=torch.cuda.is_available(),
+                                    pipeline_groups=len(self.task.group_weights))
         self.layout.setup_groups(model.config, ds_config)
         self.task.cross_entropy = self.layout.cross_entropy()
-        o = cfg.optim
         scheduler = lambda opt: build_scheduler(opt, total_steps=cfg.train.max_steps, warmup_ratio=o.warmup_ratio,
                                                 peak_lr=o.lr, end_lr=o.end_lr)
         self.engine, _, _, self.scheduler = self.layout.initialize(model, ds_config, scheduler,
                                                                    pipeline_loss_fn=self._pipeline_loss)
         self.dp_group = self.layout.groups.dp_group if self.layout.parallel else None
         self.float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
-        # Data is sharded over data-parallel ranks only: TP and PP ranks of one replica read the same.
-        self.loader = self.task.build_train_loader(rank=self.layout.dp_rank, world_size=self.layout.dp_size,
-                                                   seed=cfg.train.seed)
-        self.step = 0
-        if cfg.train.resume:
-            self._resume()
-        if self.rank == 0:
-            t = cfg.train
-            global_batch = t.micro_batch * t.grad_accum * self.layout.dp_size
-            logger.info("global batch: %d = micro %d x accumulation %d x data-parallel %d (per-rank micro-batch "
-                        "in %s rows); tp %d, pp %d", global_batch, t.micro_batch, t.grad_accum, self.layout.dp_size,
-                        "vision-language" if cfg.task.name == "pretrain" else "task", self.layout.tp, self.layout.pp)
-            logger.info("model: %s, %s parameters; ZeRO stage %d; precision %s", cfg.model.flavor,
-                        f"{sum(p.numel() for p in model.parameters()):,}", t.zero_stage, t.precision)
+
+    def _log_setup(self, model) -> None:
+        t = self.cfg.train
+        global_batch = t.micro_batch * t.grad_accum * self.layout.dp_size
+        logger.info("global batch: %d = micro %d x accumulation %d x data-parallel %d (per-rank micro-batch "
+                    "in %s rows); tp %d, pp %d", global_batch, t.micro_batch, t.grad_accum, self.layout.dp_size,
+                    "vision-language" if self.cfg.task.name == "pretrain" else "task", self.layout.tp,
+                    self.layout.pp)
+        logger.info("model: %s, %s parameters; ZeRO stage %d; precision %s", self.cfg.model.flavor,
+                    f"{sum(p.numel() for p in model.parameters()):,}", t.zero_stage, t.precision)
 
     # -- state -----------------------------------------------------------------------
     def _resume(self) -> None:
