@@ -17,7 +17,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("ofa_ds.generate", "main", "run OFA generation on an image and a prompt"),
     "build-vocab": ("ofa_ds.data.build_vocab", "main", "train a byte-level BPE in OFA's file layout"),
     "make-sample-data": ("preprocessing.make_sample_data", "main", "write the offline sample dataset"),
-    "bench": ("ofa_ds.bench", "main", "benchmarks: 'bench data' or 'bench train'"),
+    "bench data": ("ofa_ds.data.bench", "main", "pretraining loader throughput (samples/s per worker)"),
+    "bench train": ("ofa_ds.engine.bench", "main", "training step throughput, FLOPs and MFU per option"),
     "plan": ("ofa_ds.parallel.planner", "main", "per-GPU memory plan for each parallel layout"),
     "env": ("ofa_ds.kernels.env", "main", "print the active kernels and why"),
 }
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
-    name, rest = argv[0], argv[1:]
+    # Two-word commands ("bench data") first, then one-word ones.
+    name, rest = (" ".join(argv[:2]), argv[2:]) if " ".join(argv[:2]) in COMMANDS else (argv[0], argv[1:])
     if name not in COMMANDS:
         print(f"ofa-ds: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
