@@ -26,3 +26,10 @@ def test_bench_train_cli(capsys):
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "MFU" in out and "checkpointing" in out and "resnet" in out
+
+
+def test_bench_data_cli(sample_data, capsys):
+    args = ["bench", "data", "--data", str(sample_data), "--workers", "0", "--batches", "2",
+            "--patch-image-size", "64", "--code-image-size", "32"]
+    assert cli_main(args) == 0
+    assert "samples/s" in capsys.readouterr().out
