@@ -115,6 +115,9 @@ class TrainSection:
     progress_bar: bool = True
     export_format: str | None = "ofa-ds"
     """Write the final model to out_dir/final in this format (ofa-ds | hf | fairseq; None: skip)."""
+    optimizer: str = "auto"
+    """auto | torch_adamw | torch_fused_adamw | deepspeed_fused_adam | deepspeed_cpu_adam
+    (auto: the table in ofa_ds/kernels/optim.py; `ofa-ds env` shows the choice)."""
     deepspeed_template: str = "auto"
     """File name in ds_configs/ (auto: from zero_stage and offload)."""
 

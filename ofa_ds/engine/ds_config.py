@@ -43,8 +43,6 @@ def build_ds_config(cfg: TrainConfig, *, on_gpu: bool, pipeline_groups: int = 1)
         "steps_per_print": 10**9,  # we log ourselves
         "wall_clock_breakdown": False,
     })
-    # torch's AdamW: no JIT-compiled C++ op on CPU; the fused kernel on GPU. Under ZeRO
-    # offload DeepSpeed would want DeepSpeedCPUAdam, which compiles; torch_adam also works there.
     p = cfg.parallel
     if p.pp > 1:
         ds["gradient_accumulation_steps"] = t.grad_accum * pipeline_groups
@@ -52,9 +50,10 @@ def build_ds_config(cfg: TrainConfig, *, on_gpu: bool, pipeline_groups: int = 1)
             # Our stage-to-stage tuple holds several differentiable tensors; DeepSpeed's
             # partitioned send handles one.
             ds["pipeline"] = {"pipe_partitioned": False, "grad_partitioned": False}
-    ds["optimizer"] = {"type": "AdamW", "params": {
-        "lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay,
-        "torch_adam": True, "fused": bool(on_gpu and not t.offload)}}
-    if t.offload:
-        ds["zero_force_ds_cpu_optimizer"] = False
+    # The kernel registry picks the Adam (ofa_ds/kernels/optim.py): torch AdamW on CPU (no
+    # JIT-compiled op), a fused one on GPU, DeepSpeedCPUAdam under ZeRO-Offload on GPU machines.
+    from ofa_ds.kernels.optim import deepspeed_optimizer_config
+
+    params = {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay}
+    ds.update(deepspeed_optimizer_config("cuda" if on_gpu else "cpu", t.offload, params, prefer=t.optimizer))
     return ds

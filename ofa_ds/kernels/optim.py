@@ -8,7 +8,8 @@ gives ``DeepSpeedCPUAdam`` and everything else DeepSpeed's ``FusedAdam``.
 
 | situation                         | choice                | why                                           |
 |-----------------------------------|-----------------------|-----------------------------------------------|
-| optimizer offloaded to CPU        | deepspeed_cpu_adam    | the only fast CPU Adam; JIT-built with gcc    |
+| optimizer offloaded, CUDA machine | deepspeed_cpu_adam    | the only fast CPU Adam; JIT-built with gcc    |
+| optimizer offloaded, CPU machine  | torch_adamw           | no 6-minute C++ build (CPU CI and demos)      |
 | CUDA, DeepSpeed fused_adam built  | deepspeed_fused_adam  | multi-tensor CUDA Adam, already compiled      |
 | CUDA otherwise                    | torch_fused_adamw     | same single-kernel update, no nvcc JIT build  |
 | CPU, no offload                   | torch_adamw           | foreach AdamW; no C++ build (CPU CI)          |
@@ -38,13 +39,16 @@ def explain_optimizer_choice(device_type: str, offload: bool, prefer: str = "aut
     if prefer != "auto":
         if prefer not in CHOICES:
             raise ValueError(f"unknown optimizer {prefer!r}; choose from {['auto', *CHOICES]}")
-        if offload and prefer != "deepspeed_cpu_adam":
-            raise ValueError(f"{prefer} cannot run with the optimizer offloaded to CPU; use deepspeed_cpu_adam")
+        if offload and prefer not in ("deepspeed_cpu_adam", "torch_adamw"):
+            raise ValueError(f"{prefer} cannot run with the optimizer offloaded to CPU; use deepspeed_cpu_adam "
+                             "or torch_adamw")
         if prefer in ("deepspeed_fused_adam", "torch_fused_adamw") and device_type != "cuda":
             raise ValueError(f"{prefer} needs CUDA; the model is on {device_type}")
         return prefer, "set explicitly"
-    if offload:
+    if offload and device_type == "cuda":
         return "deepspeed_cpu_adam", "optimizer state offloaded to CPU (ZeRO-Offload)"
+    if offload:
+        return "torch_adamw", "offload on a CPU-only machine: torch AdamW avoids the cpu_adam C++ build"
     if device_type == "cuda":
         if _deepspeed_fused_adam_prebuilt():
             return "deepspeed_fused_adam", "DeepSpeed was installed with fused_adam prebuilt"
@@ -63,3 +67,13 @@ def optimizer_choice(device_type: str, offload: bool, params: dict | None = None
     elif name == "torch_adamw":
         section_params.update(torch_adam=True)
     return name, {"type": "AdamW", "params": section_params}
+
+
+def deepspeed_optimizer_config(device_type: str, offload: bool, params: dict, prefer: str = "auto") -> dict:
+    """The DeepSpeed config keys for the chosen optimizer (``optimizer``, and the switch that
+    lets ZeRO-Offload use a torch optimizer)."""
+    name, section = optimizer_choice(device_type, offload, params, prefer)
+    out = {"optimizer": section}
+    if offload and name.startswith("torch"):
+        out["zero_force_ds_cpu_optimizer"] = False
+    return out

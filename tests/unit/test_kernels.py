@@ -75,7 +75,7 @@ def test_env_command_prints_versions_and_kernels(capsys):
 # -- optimizer choice --------------------------------------------------------------------
 @pytest.mark.parametrize("device,offload,name,extra", [
     ("cpu", False, "torch_adamw", {"torch_adam": True}),
-    ("cpu", True, "deepspeed_cpu_adam", {}),
+    ("cpu", True, "torch_adamw", {"torch_adam": True}),
     ("cuda", True, "deepspeed_cpu_adam", {}),
     ("cuda", False, "torch_fused_adamw", {"torch_adam": True, "fused": True}),  # fused_adam not prebuilt here
 ])
