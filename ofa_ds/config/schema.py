@@ -67,6 +67,8 @@ class DataSection:
     """Patches kept per VL image in pair batches (None: all)."""
     max_src_length: int = 80
     max_tgt_length: int = 30
+    max_image_size: int = 512
+    """Box coordinates are divided by this before quantisation into <bin_i> (OFA: 512)."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
     strict: bool = False

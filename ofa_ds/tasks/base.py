@@ -68,11 +68,22 @@ class Task:
         return {}
 
     def example_for_logging(self, batch) -> tuple[torch.Tensor, str]:
-        """One input image [3, H, W] in [0, 1] and its target text, for TensorBoard."""
+        """One input image [3, H, W] in [0, 1] with the target's boxes drawn, and its target
+        text, for TensorBoard. Boxes are runs of four <bin_i> tokens (x0, y0, x1, y1)."""
+        from torchvision.utils import draw_bounding_boxes
+
         b = batch[0] if isinstance(batch, (tuple, list)) else batch
-        image = (b["net_input"]["patch_images"][0].float() * 0.5 + 0.5).clamp(0, 1)
+        image = (b["net_input"]["patch_images"][0].float() * 0.5 + 0.5).clamp(0, 1).cpu()
         target = b["target"][0]
-        return image, self.vocab.decode(target[target.ne(self.vocab.pad)].tolist())
+        target = target[target.ne(self.vocab.pad)].tolist()
+        v = self.vocab
+        is_bin = [v.bin_offset <= t < v.bin_offset + v.num_bins for t in target]
+        boxes = [[(t - v.bin_offset) / (v.num_bins - 1) * self.cfg.data.max_image_size for t in target[i:i + 4]]
+                 for i in range(len(target) - 3) if all(is_bin[i:i + 4]) and (i == 0 or not is_bin[i - 1])]
+        if boxes:
+            drawn = draw_bounding_boxes((image * 255).to(torch.uint8), torch.tensor(boxes), colors="red", width=2)
+            image = drawn.float() / 255
+        return image, v.decode(target)
 
     # -- shared helpers ------------------------------------------------------------------
     def group_loss(self, model, group: dict, *, update_num: int, sample_patch_num=None) -> LossOutput:

@@ -30,7 +30,8 @@ class PretrainTask(Task):
             vision_language=str(root / d.vision_language), text=opt(d.text), image=opt(d.image),
             detection=opt(d.detection), negative_sample_dir=opt(d.negative_sample_dir),
             patch_image_size=d.patch_image_size, code_image_size=d.code_image_size,
-            max_src_length=d.max_src_length, max_tgt_length=d.max_tgt_length, strict=d.strict)
+            max_src_length=d.max_src_length, max_tgt_length=d.max_tgt_length,
+            max_image_size=d.max_image_size, strict=d.strict)
         if d.weights:
             kwargs["weights"] = dict(d.weights)
         return PretrainDataConfig(**kwargs)

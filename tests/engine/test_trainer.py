@@ -141,3 +141,18 @@ def test_model_builds_under_zero_init():
     with deepspeed.zero.GatheredParameters(list(model.parameters())):
         emb = model.encoder.embed_tokens.weight
         assert emb.shape == (300, 64) and torch.all(emb[1] == 0) and 0.015 < emb.std() < 0.025
+
+
+def test_tensorboard_example_draws_target_boxes(sample_data, tmp_path):
+    """The logged example: image in [0, 1], target text, and grounding/detection boxes drawn."""
+    trainer = Trainer(engine_config(sample_data, tmp_path, **{"train.save_every": 0}))
+    seen_box = False
+    for i, (vl, extras) in zip(range(4), trainer.loader):
+        for group in (vl, extras):
+            image, text = trainer.task.example_for_logging(group)
+            assert image.shape[0] == 3 and 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+            assert isinstance(text, str) and text
+            if "<bin_" in text:
+                raw = (group["net_input"]["patch_images"][0] * 0.5 + 0.5).clamp(0, 1)
+                seen_box = seen_box or not torch.allclose(image, raw, atol=1 / 255)
+    assert seen_box
