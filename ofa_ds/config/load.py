@@ -68,6 +68,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"train.precision must be fp32, bf16 or fp16, not {t.precision!r}")
     if t.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"train.zero_stage must be 0-3, not {t.zero_stage}")
+    if t.precision == "bf16" and t.zero_stage == 0:
+        raise ValueError("train.precision=bf16 needs fp32 master weights and gradient accumulation, which "
+                         "DeepSpeed provides from ZeRO stage 1: set train.zero_stage=1 (the same communication "
+                         "as plain data parallelism)")
     if t.offload and t.zero_stage != 3:
         raise ValueError("train.offload needs train.zero_stage=3")
     if cfg.task.name == "pretrain" and t.micro_batch % 8:

@@ -7,12 +7,31 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ofa_ds.model.layers import DropPath, drop_path_rates
 
 
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.1)
+class BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that normalises in its running statistics' dtype (float32).
+
+    Mixed-precision engines cast parameters to bf16/fp16 but leave buffers in float32;
+    plain BatchNorm then refuses the mix. Statistics in float32 are also what keeps
+    batch-statistics training stable in low precision. Same names as nn.BatchNorm2d."""
+
+    def forward(self, x):
+        dtype = self.running_mean.dtype
+        if x.dtype == dtype and self.weight.dtype == dtype:
+            return super().forward(x)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        y = F.batch_norm(x.to(dtype), self.running_mean, self.running_var, self.weight.to(dtype),
+                         self.bias.to(dtype), self.training, self.momentum, self.eps)
+        return y.to(x.dtype)
+
+
+def _bn(channels: int) -> BatchNorm2d:
+    return BatchNorm2d(channels, eps=1e-5, momentum=0.1)
 
 
 class Bottleneck(nn.Module):

@@ -109,14 +109,15 @@ def with_moe_aux(task: Task, loss: torch.Tensor) -> torch.Tensor:
     return loss + task.moe_aux_weight * sum(aux) / len(aux)
 
 
-def move_to(batch, device, float_dtype=None):
-    """Tensors to ``device``; floating ones (images) to ``float_dtype`` when given."""
+def move_to(batch, device, image_dtype=None):
+    """Tensors to ``device``; ``patch_images`` also to ``image_dtype`` when given (bf16/fp16
+    engines convert the module, not its inputs). Other float tensors, such as the per-sample
+    loss weights ``conf``, keep their fp32 precision."""
     if isinstance(batch, torch.Tensor):
-        if float_dtype is not None and batch.is_floating_point():
-            batch = batch.to(float_dtype)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: move_to(v, device, float_dtype) for k, v in batch.items()}
+        return {k: (v.to(device, image_dtype, non_blocking=True) if k == "patch_images" and image_dtype is not None
+                    else move_to(v, device, image_dtype)) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(v, device, float_dtype) for v in batch)
+        return type(batch)(move_to(v, device, image_dtype) for v in batch)
     return batch

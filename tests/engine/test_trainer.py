@@ -156,3 +156,15 @@ def test_tensorboard_example_draws_target_boxes(sample_data, tmp_path):
                 raw = (group["net_input"]["patch_images"][0] * 0.5 + 0.5).clamp(0, 1)
                 seen_box = seen_box or not torch.allclose(image, raw, atol=1 / 255)
     assert seen_box
+
+
+def test_bf16_step(sample_data, tmp_path):
+    """The bf16 path (DeepSpeed's BF16 optimizer, images cast, conf kept in fp32) runs and its
+    first loss is close to fp32's (slow on this CPU, hence one step of the test flavor)."""
+    common = {"train.max_steps": 1, "train.save_every": 0, "model.dropout": 0.0,
+              "model.encoder_drop_path_rate": 0.0, "model.decoder_drop_path_rate": 0.0,
+              "data.sample_patch_num": "none"}
+    fp32 = losses(Trainer(engine_config(sample_data, tmp_path / "fp32", **common)).run())[0]
+    bf16 = losses(Trainer(engine_config(sample_data, tmp_path / "bf16", **common,
+                                        **{"train.precision": "bf16", "train.zero_stage": 1})).run())[0]
+    assert bf16 == pytest.approx(fp32, rel=2e-2)

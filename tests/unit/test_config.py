@@ -35,6 +35,7 @@ def test_overrides_beat_the_file_and_are_typed(tmp_path):
     (["train.micro_batch=4"], "multiple of 8"),
     (["train.offload=true"], "zero_stage=3"),
     (["train.precision=fp8"], "precision"),
+    (["train.precision=bf16", "train.zero_stage=0"], "zero_stage=1"),
     (["train.nope=1"], "unknown field"),
     (["nosection.x=1"], "unknown section"),
     (["max_steps=3"], "section.field=value"),
@@ -65,3 +66,16 @@ def test_schedule_warmup_then_linear_decay():
     f = lambda s: polynomial_decay_factor(s, total=100, warmup=10, peak=1e-4, end=0.0)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.5) and f(100) == 0.0
+
+
+def test_move_to_casts_images_only():
+    import torch
+
+    from ofa_ds.tasks.base import move_to
+
+    batch = ({"net_input": {"patch_images": torch.ones(1, 3, 2, 2), "src_tokens": torch.ones(1, 2).long()},
+              "conf": torch.tensor([0.3])}, {"conf": torch.tensor([2.0])})
+    out = move_to(batch, torch.device("cpu"), torch.bfloat16)
+    assert out[0]["net_input"]["patch_images"].dtype == torch.bfloat16
+    assert out[0]["conf"].dtype == torch.float32 and float(out[0]["conf"]) == pytest.approx(0.3, abs=1e-7)
+    assert out[0]["net_input"]["src_tokens"].dtype == torch.long
