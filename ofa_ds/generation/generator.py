@@ -89,10 +89,11 @@ class _Live:
 
     def select(self, keep_N: torch.Tensor, rows_R: torch.Tensor, next_tokens_R, next_scores_R) -> "_Live":
         """Keep sentences ``keep_N``; row i of the result extends old row ``rows_R[i]``."""
-        reorder_cache(self.cache, rows_R)
-        # Beams of one sentence share their encoder output: only dropped sentences change it.
-        encoder_out = (self.encoder_out if bool(keep_N.all())
-                       else reorder_encoder_out(self.encoder_out, rows_R))
+        # Beams of one sentence share their encoder output (and cross-attention K/V): only
+        # dropped sentences change them.
+        same_sentences = bool(keep_N.all())
+        reorder_cache(self.cache, rows_R, cross=not same_sentences)
+        encoder_out = self.encoder_out if same_sentences else reorder_encoder_out(self.encoder_out, rows_R)
         return _Live(
             sentence=self.sentence[keep_N],
             tokens=torch.cat([self.tokens[rows_R], next_tokens_R[:, None]], dim=1),

@@ -130,10 +130,14 @@ class OFADecoder(PositionalStack):
         return self.output_projection(x), {"features": features, "hidden": x}
 
 
-def reorder_cache(cache: list, new_order: torch.Tensor) -> None:
-    """Select/repeat batch rows of every cached K/V in place (beam search)."""
+def reorder_cache(cache: list, new_order: torch.Tensor, *, cross: bool = True) -> None:
+    """Select/repeat batch rows of every cached K/V in place (beam search). ``cross=False``
+    leaves the cross-attention K/V alone: they depend only on the encoder output, so they need
+    no reordering while rows stay within their sentence's beams."""
     for layer_cache in cache:
-        for part in layer_cache.values():
+        for name, part in layer_cache.items():
+            if name == "cross" and not cross:
+                continue
             for key in ("k", "v"):
                 if key in part:
                     part[key] = part[key].index_select(0, new_order)
