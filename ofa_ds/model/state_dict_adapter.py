@@ -20,39 +20,33 @@ TIED_NAMES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
 RESNET_TYPES = {RESNET50: "resnet50", RESNET101: "resnet101", RESNET152: "resnet152"}
 RESNET_LAYERS = {name: layers for layers, name in RESNET_TYPES.items()}
 
-# (fairseq pattern, HF replacement); applied to full key names.
-_FAIRSEQ_TO_HF = [
-    (r"^encoder\.layers\.(\d+)\.attn_ln\.", r"encoder.layers.\1.self_attn_mid_layer_norm."),
-    (r"^(encoder|decoder)\.layers\.(\d+)\.ffn_layernorm\.", r"\1.layers.\2.ffn_layer_norm."),
-    (r"^decoder\.layers\.(\d+)\.self_attn_ln\.", r"decoder.layers.\1.self_attn_mid_layer_norm."),
-    (r"^decoder\.layers\.(\d+)\.encoder_attn\.", r"decoder.layers.\1.cross_attn."),
-    (r"^decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.", r"decoder.layers.\1.cross_attn_layer_norm."),
-    (r"^decoder\.layers\.(\d+)\.cross_attn_ln\.", r"decoder.layers.\1.cross_attn_mid_layer_norm."),
+# Module names that differ inside ``<stack>.layers.<i>.``: (stack, fairseq name, HF name).
+# One table serves both directions; every other key is identical.
+_LAYER_RENAMES = [
+    ("encoder", "attn_ln", "self_attn_mid_layer_norm"),
+    ("encoder", "ffn_layernorm", "ffn_layer_norm"),
+    ("decoder", "ffn_layernorm", "ffn_layer_norm"),
+    ("decoder", "self_attn_ln", "self_attn_mid_layer_norm"),
+    ("decoder", "encoder_attn", "cross_attn"),
+    ("decoder", "encoder_attn_layer_norm", "cross_attn_layer_norm"),
+    ("decoder", "cross_attn_ln", "cross_attn_mid_layer_norm"),
 ]
-_HF_TO_FAIRSEQ = [
-    (r"^encoder\.layers\.(\d+)\.self_attn_mid_layer_norm\.", r"encoder.layers.\1.attn_ln."),
-    (r"^(encoder|decoder)\.layers\.(\d+)\.ffn_layer_norm\.", r"\1.layers.\2.ffn_layernorm."),
-    (r"^decoder\.layers\.(\d+)\.self_attn_mid_layer_norm\.", r"decoder.layers.\1.self_attn_ln."),
-    (r"^decoder\.layers\.(\d+)\.cross_attn_mid_layer_norm\.", r"decoder.layers.\1.cross_attn_ln."),
-    (r"^decoder\.layers\.(\d+)\.cross_attn_layer_norm\.", r"decoder.layers.\1.encoder_attn_layer_norm."),
-    (r"^decoder\.layers\.(\d+)\.cross_attn\.", r"decoder.layers.\1.encoder_attn."),
-]
+_LAYER_KEY = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.([^.]+)\.(.+)$")
 
 
-def _rename(state: dict, rules) -> dict:
+def _rename(state: dict, to_hf: bool) -> dict:
+    table = {(stack, fs if to_hf else hf): (hf if to_hf else fs) for stack, fs, hf in _LAYER_RENAMES}
     out = {}
     for key, value in state.items():
-        for pattern, repl in rules:
-            new = re.sub(pattern, repl, key)
-            if new != key:
-                key = new
-                break
+        m = _LAYER_KEY.match(key)
+        if m and (m.group(1), m.group(3)) in table:
+            key = f"{m.group(1)}.layers.{m.group(2)}.{table[m.group(1), m.group(3)]}.{m.group(4)}"
         out[key] = value
     return out
 
 
 def fairseq_to_hf_names(state: dict) -> dict:
-    return _rename(state, _FAIRSEQ_TO_HF)
+    return _rename(state, to_hf=True)
 
 
 def hf_to_fairseq_names(state: dict) -> dict:
@@ -60,7 +54,7 @@ def hf_to_fairseq_names(state: dict) -> dict:
     # Wrappers of early HF revisions; not model weights.
     state.pop("lm_head.weight", None)
     state.pop("final_logits_bias", None)
-    return _rename(state, _HF_TO_FAIRSEQ)
+    return _rename(state, to_hf=False)
 
 
 # --- derived buffers ----------------------------------------------------------------------

@@ -93,6 +93,15 @@ class _Piece(nn.Module):
             parent = parent._modules[name]
         parent.add_module(leaf, module)
 
+    def _put_layer(self, cfg: OFAConfig, stack: str, index: int, layer: nn.Module, heads: int, last: bool) -> None:
+        """Layer ``index`` of ``stack`` with its own relative-position tables, plus the
+        stack's final LayerNorm on the last piece (single-device names throughout)."""
+        self._put(f"{stack}.layers.{index}", layer)
+        self._put(f"{stack}.token_rel_pos_table_list.{index}", nn.Embedding(cfg.num_token_rel_buckets, heads))
+        self._put(f"{stack}.image_rel_pos_table_list.{index}", nn.Embedding(cfg.num_image_rel_buckets, heads))
+        if last and cfg.normalize_before:
+            self._put(f"{stack}.layer_norm", layer_norm(cfg.embed_dim))
+
     def _finish(self, tp: TPContext | None) -> None:
         init_ofa_weights(self)
         if tp is not None:
@@ -156,13 +165,7 @@ class EncoderLayerPipe(_Piece):
         super().__init__()
         self.index, self.last = index, last
         rate = drop_path_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)[index]
-        self._put(f"encoder.layers.{index}", EncoderLayer(cfg, rate))
-        self._put(f"encoder.token_rel_pos_table_list.{index}", nn.Embedding(cfg.num_token_rel_buckets,
-                                                                           cfg.encoder_heads))
-        self._put(f"encoder.image_rel_pos_table_list.{index}", nn.Embedding(cfg.num_image_rel_buckets,
-                                                                           cfg.encoder_heads))
-        if last and cfg.normalize_before:
-            self._put("encoder.layer_norm", layer_norm(cfg.embed_dim))
+        self._put_layer(cfg, "encoder", index, EncoderLayer(cfg, rate), cfg.encoder_heads, last)
         self._finish(tp)
 
     def forward(self, inputs):
@@ -206,13 +209,7 @@ class DecoderLayerPipe(_Piece):
         super().__init__()
         self.index, self.last = index, last
         rate = drop_path_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)[index]
-        self._put(f"decoder.layers.{index}", DecoderLayer(cfg, rate))
-        self._put(f"decoder.token_rel_pos_table_list.{index}", nn.Embedding(cfg.num_token_rel_buckets,
-                                                                           cfg.decoder_heads))
-        self._put(f"decoder.image_rel_pos_table_list.{index}", nn.Embedding(cfg.num_image_rel_buckets,
-                                                                           cfg.decoder_heads))
-        if last and cfg.normalize_before:
-            self._put("decoder.layer_norm", layer_norm(cfg.embed_dim))
+        self._put_layer(cfg, "decoder", index, DecoderLayer(cfg, rate), cfg.decoder_heads, last)
         self._finish(tp)
 
     def forward(self, inputs):
