@@ -13,6 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "pretrain": ("ofa_ds.train", "pretrain_main", "pretrain (from scratch or --init-from a checkpoint)"),
     "finetune": ("ofa_ds.train", "finetune_main", "finetune a task head on the same engine"),
+    "evaluate": ("ofa_ds.tasks.evaluation", "main", "score a task's valid/test split with a checkpoint"),
     "convert": ("ofa_ds.model.convert", "main", "convert checkpoints between fairseq, HF and ofa-ds"),
     "generate": ("ofa_ds.generate", "main", "run OFA generation on an image and a prompt"),
     "build-vocab": ("ofa_ds.data.build_vocab", "main", "train a byte-level BPE in OFA's file layout"),

@@ -5,9 +5,10 @@ import ast
 import dataclasses
 import tomllib
 import typing
+import warnings
 from pathlib import Path
 
-from ofa_ds.config.schema import TrainConfig
+from ofa_ds.config.schema import TaskSection, TrainConfig
 
 
 def _coerce(value, annotation, where: str):
@@ -34,9 +35,27 @@ def _coerce(value, annotation, where: str):
     return value
 
 
-def _apply(section, values: dict, where: str) -> None:
+# Fields that moved: old name -> (new section, new field). Old configs keep working (with a
+# warning) instead of failing on an unknown field.
+MOVED = {("data", "caption_train"): ("task", "train"), ("data", "caption_valid"): ("task", "valid")}
+
+
+def _apply(section, values: dict, where: str, cfg=None) -> None:
     hints = typing.get_type_hints(type(section))
     for key, value in values.items():
+        name = where.rsplit(" ", 1)[-1]
+        if cfg is not None and (name, key) in MOVED:
+            new_section, new_key = MOVED[(name, key)]
+            warnings.warn(f"{where}.{key} is now {new_section}.{new_key}; please rename it", DeprecationWarning)
+            _apply(getattr(cfg, new_section), {new_key: value}, f"{where.rsplit(' ', 1)[0]} {new_section}")
+            continue
+        if key == "options" and isinstance(section, TaskSection):
+            # Typed later by the task's own Options dataclass (tasks.parse_options).
+            section.options = {**section.options, **value} if isinstance(value, dict) else value
+            continue
+        if key.startswith("options.") and isinstance(section, TaskSection):
+            section.options = {**section.options, key.split(".", 1)[1]: value}
+            continue
         if key not in hints:
             raise ValueError(f"{where}: unknown field {key!r}; known: {sorted(hints)}")
         setattr(section, key, _coerce(value, hints[key], f"{where}.{key}"))
@@ -49,7 +68,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         for name, values in data.items():
             if not hasattr(cfg, name) or not isinstance(values, dict):
                 raise ValueError(f"{path}: unknown section [{name}]")
-            _apply(getattr(cfg, name), values, f"{path}: {name}")
+            _apply(getattr(cfg, name), values, f"{path}: {name}", cfg)
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ValueError(f"override {item!r}: use section.field=value, e.g. train.max_steps=10")
@@ -57,7 +76,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         section, field_name = key.strip().split(".", 1)
         if not hasattr(cfg, section):
             raise ValueError(f"override {item!r}: unknown section {section!r}")
-        _apply(getattr(cfg, section), {field_name: value}, f"override {section}")
+        _apply(getattr(cfg, section), {field_name: value}, f"override {section}", cfg)
     validate(cfg)
     return cfg
 
@@ -77,8 +96,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.task.name == "pretrain" and t.micro_batch % 8:
         raise ValueError(f"train.micro_batch={t.micro_batch}: pretraining needs a multiple of 8 "
                          "vision-language rows per rank, so every micro-batch has its extras group")
-    if cfg.task.name not in ("pretrain", "caption"):
-        raise ValueError(f"task.name must be pretrain or caption, not {cfg.task.name!r}")
+    from ofa_ds.tasks import parse_options
+
+    parse_options(cfg)  # a known task.name and its typed [task.options]
     if t.max_steps < 1 or t.grad_accum < 1:
         raise ValueError("train.max_steps and train.grad_accum must be >= 1")
 

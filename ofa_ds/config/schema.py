@@ -57,9 +57,6 @@ class DataSection:
     image: str | None = "pretrain/image_examples.tsv"
     detection: str | None = "pretrain/detection_examples.tsv"
     negative_sample_dir: str | None = "pretrain/negative_sample"
-    caption_train: str = "finetune/caption/train.tsv"
-    """Caption finetuning rows: uniq_id, image_id, caption, refs, base64 image (OFA's columns)."""
-    caption_valid: str | None = "finetune/caption/valid.tsv"
     patch_image_size: int = 384
     """VL image side (the extras images are 2 x code_image_size)."""
     code_image_size: int = 128
@@ -109,6 +106,9 @@ class TrainSection:
     save_every: int = 50
     keep_last: int = 3
     """Checkpoints to keep (older ones are deleted after a newer one is complete)."""
+    keep_best: bool = True
+    """Finetuning: export the model with the best valid metric so far to out_dir/best
+    (ofa-ds format, with best.json naming the step and metric)."""
     resume: bool = False
     """Continue from out_dir/checkpoints/latest (same losses as an uninterrupted run)."""
     tensorboard: bool = True
@@ -127,7 +127,23 @@ class TrainSection:
 @dataclass
 class TaskSection:
     name: str = "pretrain"
-    """pretrain | caption."""
+    """A registered task (``ofa_ds/tasks/__init__.py``: pretrain, caption, vqa_gen, snli_ve, cola,
+    mnli, mrpc, qnli, qqp, rte, sst2, image_classify, ...)."""
+    train: str | None = None
+    """Finetuning splits: TSV paths relative to data.root, in the task's OFA column layout
+    (None: the task's default under finetune/<task>/). valid is scored in training and by
+    ``ofa-ds evaluate --split valid``; test only by ``ofa-ds evaluate --split test``."""
+    valid: str | None = None
+    test: str | None = None
+    options: dict = field(default_factory=dict)
+    """The task's own typed options, as a [task.options] table (e.g. ans2label, prompt_type,
+    val_inference); each task documents them in its ``Options`` dataclass (ofa_ds/tasks/<task>.py)."""
+    eval_every: int = 0
+    """Score the valid split every this many steps (0: at every checkpoint save)."""
+    eval_batch: int = 8
+    """Rows per evaluation batch (per data-parallel rank)."""
+    valid_max_rows: int = 0
+    """Score only the first n valid rows during training (0: all; ofa-ds evaluate scores all)."""
     label_smoothing: float = 0.0
     extras_weight: float = 1.0
     """Weight of the extras group (text/image infilling, detection) in pretraining."""

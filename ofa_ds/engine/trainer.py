@@ -28,6 +28,7 @@ from ofa_ds.engine.layout import Layout, pad_vocab
 from ofa_ds.engine.schedule import build_scheduler
 from ofa_ds.tasks import build_task
 from ofa_ds.tasks.base import move_to
+from ofa_ds.tasks.evaluation import BestKeeper
 
 logger = logging.getLogger("ofa_ds.train")
 
@@ -89,8 +90,9 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.layout = Layout(cfg, self.world_size, self.rank)
 
-        model = self._build_model()
+        # The task first: it checks its files and options before any model is built.
         self.task = build_task(cfg, self.vocab)
+        model = self._build_model()
         if cfg.model.moe_layers:
             self.task.moe_aux_weight = cfg.model.moe_aux_weight / (cfg.train.grad_accum * self.world_size)
         self._build_engine(model)
@@ -98,6 +100,7 @@ class Trainer:
         self.loader = self.task.build_train_loader(rank=self.layout.dp_rank, world_size=self.layout.dp_size,
                                                    seed=cfg.train.seed)
         self.step = 0
+        self.best = BestKeeper(f"valid_{getattr(self.task, 'metric', 'loss')}")
         if cfg.train.resume:
             self._resume()
         if self.rank == 0:
@@ -154,11 +157,12 @@ class Trainer:
         self.loader.load_state_dict(ours["data"])
         ckpt.set_rng_state(ours["rng"])
         self.step = ours["step"]
+        self.best.best = ours.get("best")
         if self.rank == 0:
             logger.info("resumed from %s at step %d", ckpt.read_latest(self.ckpt_dir), self.step)
 
     def save(self) -> str:
-        ours = {"data": self.loader.state_dict(), "config": to_dict(self.cfg)}
+        ours = {"data": self.loader.state_dict(), "config": to_dict(self.cfg), "best": self.best.best}
         return ckpt.save(self.engine, self.ckpt_dir, self.step, ours, rank=self.rank,
                          keep_last=self.cfg.train.keep_last)
 
@@ -277,12 +281,36 @@ class Trainer:
                 metrics.log_example(self.step, *self.task.example_for_logging(self._last_batch))
             if t.save_every and (self.step % t.save_every == 0 or self.step == t.max_steps):
                 self.save()
-                evaluation = self.task.evaluate(self.engine.module, device=self.engine.device)
+            every = self.cfg.task.eval_every or t.save_every
+            if every and (self.step % every == 0 or self.step == t.max_steps):
+                evaluation = self.validate()
                 if evaluation:
                     metrics.log_eval(self.step, evaluation)
                     self._train_mode()
         metrics.close()
         return history
+
+    def validate(self) -> dict:
+        """The task's valid-split metrics (the same code as ``ofa-ds evaluate``, sharded over the
+        data-parallel ranks); exports the model to out_dir/best when the task's metric improved."""
+        if not hasattr(self.task, "metric"):  # pretraining: no validation split
+            return {}
+        if self.layout.parallel:
+            if not getattr(self, "_warned_parallel_eval", False):
+                logger.warning("in-training evaluation needs the full model per rank; with tp/pp > 1 run "
+                               "`ofa-ds evaluate` on the exported model instead")
+                self._warned_parallel_eval = True
+            return {}
+        evaluation = self.task.evaluate(self.engine.module, device=self.engine.device, rank=self.layout.dp_rank,
+                                        world_size=self.layout.dp_size, group=self.dp_group,
+                                        out_path=self.out_dir / "eval" / f"step_{self.step:08d}_valid_"
+                                        f"{getattr(self.task, 'predictions_name', 'predictions.jsonl')}")
+        if evaluation and self.cfg.train.keep_best and self.best.improved(evaluation):
+            self.export(self.out_dir / "best")
+            if self.rank == 0:
+                (self.out_dir / "best" / "best.json").write_text(json.dumps(
+                    {"step": self.step, "metric": self.best.key, "value": self.best.best, **evaluation}, indent=2))
+        return evaluation
 
     def _grad_norm(self) -> float:
         norm = self.engine.get_global_grad_norm()

@@ -13,6 +13,7 @@ global batch is split into ranks and micro-batches.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -63,7 +64,7 @@ class Task:
         weight_g * loss_sum_g / denominators[g]."""
         raise NotImplementedError
 
-    def evaluate(self, model, *, device) -> dict:
+    def evaluate(self, model, *, device, **kwargs) -> dict:
         """Metrics on the validation split; empty when the task has none."""
         return {}
 
@@ -99,6 +100,131 @@ class Task:
                                             options=self.loss_options,
                                             constraint_masks_BTV=group.get("constraint_masks"),
                                             pad=self.vocab.pad, eos=self.vocab.eos, update_num=update_num)
+
+
+class FinetuneTask(Task):
+    """A downstream head: splits, typed options, samples, prediction and scoring.
+
+    See ``ofa_ds/tasks/__init__.py`` for what a subclass provides. The evaluation loop, the
+    predictions file and best-checkpoint keeping live in ``ofa_ds/tasks/evaluation.py``.
+    """
+
+    default_splits: dict[str, str] = {}
+    """split -> TSV path relative to data.root, used when task.<split> is not set."""
+    metric = "loss"
+    """Key of :meth:`score`'s result that picks the best checkpoint (higher is better)."""
+    predictions_name = "predictions.jsonl"
+    selected_cols: str | None = None
+    """Columns of the TSV rows this task reads, in order (OFA's selected_cols; None: all)."""
+    eval_loss = True
+    """Also report the label-smoothed loss per token of the split (as OFA's valid_step)."""
+    Options = None
+
+    def __init__(self, cfg, vocab):
+        from ofa_ds.data.bad_rows import BadRowPolicy
+        from ofa_ds.tasks import parse_options
+
+        super().__init__(cfg, vocab)
+        self.options = parse_options(cfg)
+        self.policy = BadRowPolicy(strict=cfg.data.strict)
+        self._files: dict = {}
+        self.check_files()
+
+    # -- splits ------------------------------------------------------------------------
+    def split_path(self, split: str) -> Path | None:
+        rel = getattr(self.cfg.task, split) or self.default_splits.get(split)
+        return None if rel is None else Path(self.cfg.data.root) / rel
+
+    def check_files(self) -> None:
+        """Fail before any model is built: a split named in the config (or the default train
+        split) that does not exist. A missing default valid/test split only disables it."""
+        for split in ("train", "valid", "test"):
+            path = self.split_path(split)
+            named = getattr(self.cfg.task, split) is not None
+            if path is not None and not path.is_file() and (named or split == "train"):
+                field = f"task.{split}" if named else f"task.{split} (default {self.default_splits[split]})"
+                raise ValueError(f"{field}: {path} does not exist (data.root = {self.cfg.data.root})")
+
+    def has_split(self, split: str) -> bool:
+        path = self.split_path(split)
+        return path is not None and path.is_file()
+
+    def resolve(self, rel: str | None, field: str) -> Path | None:
+        """A file named by an option, relative to data.root; must exist."""
+        if rel is None:
+            return None
+        path = Path(rel) if Path(rel).is_absolute() else Path(self.cfg.data.root) / rel
+        if not path.is_file():
+            raise ValueError(f"{field}: {path} does not exist (data.root = {self.cfg.data.root})")
+        return path
+
+    def tsv(self, split: str):
+        """The split's TSV file (opened once), giving the fields ``selected_cols`` picks."""
+        from ofa_ds.data.tsv import TSVFile
+
+        if split not in self._files:
+            if not self.has_split(split):
+                raise ValueError(f"task {self.name!r} has no {split} split: set task.{split}")
+            self._files[split] = TSVFile(str(self.split_path(split)), selected_cols=self.selected_cols)
+        return self._files[split]
+
+    def num_rows(self, split: str) -> int:
+        return len(self.tsv(split))
+
+    # -- what a head implements ----------------------------------------------------------
+    def build_sample(self, split: str, row: int):
+        raise NotImplementedError
+
+    def predict(self, model, batch) -> list[dict]:
+        raise NotImplementedError
+
+    def score(self, records: list[dict]) -> dict:
+        raise NotImplementedError
+
+    def write_predictions(self, records: list[dict], path: Path) -> None:
+        import json
+
+        with open(path, "w") as f:
+            for r in records:
+                f.write(json.dumps({"id": r["id"], "prediction": r["prediction"], "target": r.get("target")}) + "\n")
+
+    # -- shared machinery ----------------------------------------------------------------
+    def collate(self, samples):
+        from ofa_ds.tasks.data import collate_task
+
+        return collate_task(samples, pad=self.vocab.pad, vocab_size=len(self.vocab))
+
+    def build_train_loader(self, *, rank, world_size, seed):
+        from ofa_ds.tasks.data import SampleLoader
+
+        return SampleLoader(self.num_rows("train"), lambda i: self.build_sample("train", i),
+                            collate_fn=self.collate, batch_size=self.cfg.train.micro_batch, rank=rank,
+                            world_size=world_size, seed=seed, policy=self.policy,
+                            path=str(self.split_path("train")))
+
+    def training_forward(self, model, batch, *, denominators, update_num):
+        out = self.group_loss(model, batch, update_num=update_num)
+        loss = with_moe_aux(self, out.loss / max(denominators[0], 1))
+        return loss, {f"{self.name}_loss": loss.item(), "ntokens": out.ntokens, "nsamples": batch["nsentences"]}
+
+    def flops_inputs(self, batch):
+        n = batch["net_input"]
+        images = n.get("patch_images")
+        return [(images.shape[-1] if images is not None else 0, n["src_tokens"].shape[1],
+                 n["prev_output_tokens"].shape[1], batch["nsentences"], None)]
+
+    def evaluate(self, model, *, device, split: str = "valid", rank: int = 0, world_size: int = 1,
+                 group=None, max_rows: int | None = None, out_path=None) -> dict:
+        """Score ``split`` (sharded over ``world_size`` data-parallel ranks); every rank gets
+        the metrics, rank 0 writes the predictions to ``out_path`` when given."""
+        from ofa_ds.tasks.evaluation import evaluate_split
+
+        if not self.has_split(split):
+            return {}
+        if max_rows is None and split == "valid" and self.cfg.task.valid_max_rows:
+            max_rows = self.cfg.task.valid_max_rows
+        return evaluate_split(self, model, split, device=device, rank=rank, world_size=world_size,
+                              group=group, max_rows=max_rows, out_path=out_path)
 
 
 def with_moe_aux(task: Task, loss: torch.Tensor) -> torch.Tensor:
