@@ -3,9 +3,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 logger = logging.getLogger("ofa_ds.train")
+
+def json_line(record: dict) -> str:
+    """One strict-JSON line: NaN and infinities (not JSON) are written as null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return {k: clean(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    return json.dumps(clean(record), allow_nan=False) + "\n"
+
 
 TB_SCALARS = ("loss", "lr", "grad_norm", "loss_scale", "samples_per_s", "tokens_per_s", "mfu", "step_time")
 
@@ -31,7 +42,7 @@ class MetricsLogger:
     def log_step(self, step: int, out: dict) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **out}) + "\n")
+        self.jsonl.write(json_line({"step": step, **out}))
         self.jsonl.flush()
         if self.writer is not None:
             for key in TB_SCALARS:
@@ -55,7 +66,7 @@ class MetricsLogger:
     def log_eval(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, "eval": metrics}) + "\n")
+        self.jsonl.write(json_line({"step": step, "eval": metrics}))
         if self.writer is not None:
             for k, v in metrics.items():
                 self.writer.add_scalar(f"eval/{k}", v, step)

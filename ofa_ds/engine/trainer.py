@@ -24,6 +24,7 @@ from ofa_ds.engine import checkpoint as ckpt
 from ofa_ds.engine.distributed import all_reduce_sum, init_distributed
 from ofa_ds.engine.ds_config import build_ds_config
 from ofa_ds.engine.flops import measure_matmul_peak, training_step_flops
+from ofa_ds.engine.grad_norm import GradNormTracker
 from ofa_ds.engine.layout import Layout, pad_vocab
 from ofa_ds.engine.schedule import build_scheduler
 from ofa_ds.tasks import build_task
@@ -138,6 +139,7 @@ class Trainer:
                                                 peak_lr=o.lr, end_lr=o.end_lr)
         self.engine, _, _, self.scheduler = self.layout.initialize(model, ds_config, scheduler,
                                                                    pipeline_loss_fn=self._pipeline_loss)
+        self.grad_norm = GradNormTracker(self.engine)
         self.dp_group = self.layout.groups.dp_group if self.layout.parallel else None
         self.float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
 
@@ -313,8 +315,7 @@ class Trainer:
         return evaluation
 
     def _grad_norm(self) -> float:
-        norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return self.grad_norm.value()
 
     def _loss_scale(self) -> float:
         return float(getattr(self.engine.optimizer, "cur_scale", getattr(self.engine.optimizer, "loss_scale", 1.0)) or 1.0)

@@ -56,25 +56,57 @@ def test_keep_last(sample_data, tmp_path):
     assert tags == ["step_00000002", "step_00000003"]
 
 
-@pytest.mark.parametrize("zero", ["0", "1", "2", "3", "3-offload"])
-def test_zero_stages_give_the_same_first_step_loss(sample_data, tmp_path, zero, request):
+def strict_json_lines(path):
+    """metrics.jsonl as a strict JSON reader sees it (bare NaN/Infinity are not JSON)."""
+    def refuse(name):
+        raise ValueError(f"{path}: {name} is not JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def zero0_first_step(sample_data, tmp_path_factory):
+    """The reference, computed in this session (never read from an earlier run's cache)."""
+    out = tmp_path_factory.mktemp("zero0")
+    cfg = engine_config(sample_data, out, **{"train.max_steps": 1, "train.save_every": 0, "train.zero_stage": 0})
+    first = Trainer(cfg).run()[0]
+    assert strict_json_lines(out / "metrics.jsonl")[0]["grad_norm"] == pytest.approx(first["grad_norm"])
+    return first
+
+
+@pytest.mark.parametrize("zero", ["1", "2", "3", "3-offload"])
+def test_zero_stages_give_the_same_first_step_loss(sample_data, tmp_path, zero, zero0_first_step):
+    """Same first loss and, in every mode (ZeRO-0 fp32 included), the same gradient norm."""
     extra = {"train.max_steps": 1, "train.save_every": 0}
     if zero == "3-offload":
         extra.update({"train.zero_stage": 3, "train.offload": True})
     else:
         extra["train.zero_stage"] = int(zero)
-    loss = losses(Trainer(engine_config(sample_data, tmp_path, **extra)).run())[0]
-    cache = request.config.cache
-    ref = cache.get("ofa_ds/zero_first_loss", None) if zero != "0" else None
-    if zero == "0":
-        cache.set("ofa_ds/zero_first_loss", loss)
-    elif ref is not None:
-        assert loss == pytest.approx(ref, rel=1e-6)
-    # Stage 0 is the reference; compare in-process too, so the test stands alone.
-    if zero != "0":
-        base = losses(Trainer(engine_config(sample_data, tmp_path / "z0", **{"train.max_steps": 1,
-                                                                             "train.save_every": 0})).run())[0]
-        assert loss == pytest.approx(base, rel=1e-6)
+    first = Trainer(engine_config(sample_data, tmp_path, **extra)).run()[0]
+    assert np.isfinite(zero0_first_step["loss"]) and np.isfinite(zero0_first_step["grad_norm"])
+    assert first["loss"] == pytest.approx(zero0_first_step["loss"], rel=1e-6)
+    assert first["grad_norm"] == pytest.approx(zero0_first_step["grad_norm"], rel=1e-4)
+
+
+def test_grad_norm_with_clipping_off(sample_data, tmp_path, zero0_first_step):
+    """ZeRO-0 fp32 without clipping measures the same (pre-clip) norm before the step."""
+    cfg = engine_config(sample_data, tmp_path, **{"train.max_steps": 1, "train.save_every": 0,
+                                                  "optim.clip_norm": 0.0})
+    first = Trainer(cfg).run()[0]
+    assert first["grad_norm"] == pytest.approx(zero0_first_step["grad_norm"], rel=1e-5)
+
+
+def test_metrics_jsonl_is_strict_json(tmp_path):
+    """Non-finite values (an overflowed step's norm) are written as null, not as bare NaN."""
+    from ofa_ds.engine.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, enabled=True, tensorboard=False, progress=False, total_steps=1)
+    logger.log_step(1, {"loss": 1.0, "lr": 0.1, "samples_per_s": 2.0, "grad_norm": float("nan"),
+                        "loss_scale": float("inf")})
+    logger.log_eval(1, {"valid_loss": float("-inf")})
+    logger.close()
+    rows = strict_json_lines(tmp_path / "metrics.jsonl")
+    assert rows[0]["grad_norm"] is None and rows[0]["loss_scale"] is None and rows[1]["eval"]["valid_loss"] is None
 
 
 def test_continued_pretraining_starts_from_the_fixture(sample_data, golden_dir, ofa_bpe_dir, tmp_path):
