@@ -21,6 +21,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML config file (sections: model, data, optim, train, task, parallel)")
     p.add_argument("--init-from", help="fairseq .pt, OFA-HF or ofa-ds checkpoint: weights only, fresh optimizer")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/latest")
+    p.add_argument("--deepspeed_config", "--deepspeed-config", metavar="FILE",
+                   help="your own DeepSpeed JSON (same as train.deepspeed_template=FILE); ofa-ds fills in "
+                        "batch, clipping, ZeRO stage, precision and optimizer from its config and refuses "
+                        "a file that sets them differently")
+    p.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)  # DeepSpeed's flag; always on
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.max_steps=10")
     return p
@@ -35,15 +40,28 @@ def run(argv, *, default_task: str, prog: str) -> int:
         overrides.append(f"model.init_from={args.init_from}")
     if args.resume:
         overrides.append("train.resume=true")
-    cfg = load_config(args.config, overrides)
+    if args.deepspeed_config:
+        overrides.append(f"train.deepspeed_template={args.deepspeed_config}")
+    try:
+        cfg = load_config(args.config, overrides)
+    except (ValueError, OSError) as err:  # a config mistake: say what and where, no traceback
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
     if default_task == "pretrain" and cfg.task.name != "pretrain":
         raise ValueError(f"ofa-ds pretrain runs task.name=pretrain, the config says {cfg.task.name!r}; "
                          "use ofa-ds finetune")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from ofa_ds.engine.logs import setup_logging
 
+    setup_logging()
+
+    from ofa_ds.engine.ds_config import DeepSpeedConfigError
     from ofa_ds.engine.trainer import Trainer, dump_config
 
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except DeepSpeedConfigError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
     if trainer.rank == 0:
         dump_config(cfg, Path(cfg.train.out_dir))
     trainer.run()

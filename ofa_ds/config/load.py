@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import tomllib
 import typing
 import warnings
@@ -40,6 +41,13 @@ def _coerce(value, annotation, where: str):
 MOVED = {("data", "caption_train"): ("task", "train"), ("data", "caption_valid"): ("task", "valid")}
 
 
+def unknown_name(kind: str, name: str, known) -> str:
+    """One line: the unknown name and the nearest valid ones (all of them when none is near)."""
+    near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(near)}?" if near else f"valid: {', '.join(sorted(known))}"
+    return f"unknown {kind} {name!r}; {hint}"
+
+
 def _apply(section, values: dict, where: str, cfg=None) -> None:
     hints = typing.get_type_hints(type(section))
     for key, value in values.items():
@@ -57,8 +65,12 @@ def _apply(section, values: dict, where: str, cfg=None) -> None:
             section.options = {**section.options, key.split(".", 1)[1]: value}
             continue
         if key not in hints:
-            raise ValueError(f"{where}: unknown field {key!r}; known: {sorted(hints)}")
+            raise ValueError(f"{where}: {unknown_name('field', key, hints)}")
         setattr(section, key, _coerce(value, hints[key], f"{where}.{key}"))
+
+
+def _sections(cfg: TrainConfig) -> list[str]:
+    return [f.name for f in dataclasses.fields(cfg)]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
@@ -67,7 +79,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         data = tomllib.loads(Path(path).read_text())
         for name, values in data.items():
             if not hasattr(cfg, name) or not isinstance(values, dict):
-                raise ValueError(f"{path}: unknown section [{name}]")
+                raise ValueError(f"{path}: {unknown_name('section', name, _sections(cfg))}")
             _apply(getattr(cfg, name), values, f"{path}: {name}", cfg)
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
@@ -75,7 +87,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         key, value = item.split("=", 1)
         section, field_name = key.strip().split(".", 1)
         if not hasattr(cfg, section):
-            raise ValueError(f"override {item!r}: unknown section {section!r}")
+            raise ValueError(f"override {item!r}: {unknown_name('section', section, _sections(cfg))}")
         _apply(getattr(cfg, section), {field_name: value}, f"override {section}", cfg)
     validate(cfg)
     return cfg

@@ -121,7 +121,10 @@ class TrainSection:
     """auto | torch_adamw | torch_fused_adamw | deepspeed_fused_adam | deepspeed_cpu_adam
     (auto: the table in ofa_ds/kernels/optim.py; `ofa-ds env` shows the choice)."""
     deepspeed_template: str = "auto"
-    """File name in ds_configs/ (auto: from zero_stage and offload)."""
+    """A file name in ds_configs/, or the path of your own DeepSpeed JSON (also --deepspeed_config
+    FILE); auto: from zero_stage and offload. ofa-ds fills in batch, clipping, ZeRO stage, offload,
+    precision and optimizer (OWNED_KEYS in ofa_ds/engine/ds_config.py) and refuses a file that sets
+    them to other values; its other keys reach DeepSpeed as written."""
 
 
 @dataclass

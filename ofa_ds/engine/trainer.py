@@ -22,7 +22,7 @@ from ofa_ds.config.load import to_dict
 from ofa_ds.config.schema import TrainConfig
 from ofa_ds.engine import checkpoint as ckpt
 from ofa_ds.engine.distributed import all_reduce_sum, init_distributed
-from ofa_ds.engine.ds_config import build_ds_config
+from ofa_ds.engine.ds_config import OWNED_KEYS, build_ds_config, write_ds_config
 from ofa_ds.engine.flops import measure_matmul_peak, training_step_flops
 from ofa_ds.engine.grad_norm import GradNormTracker
 from ofa_ds.engine.layout import Layout, pad_vocab
@@ -132,7 +132,9 @@ class Trainer:
         """DeepSpeed JSON -> layout validation and groups -> the engine for that layout."""
         cfg, o = self.cfg, self.cfg.optim
         ds_config = build_ds_config(cfg, on_gpu=torch.cuda.is_available(),
-                                    pipeline_groups=len(self.task.group_weights))
+                                    pipeline_groups=len(self.task.group_weights),
+                                    dp_size=self.world_size // (self.layout.tp * self.layout.pp))
+        self.ds_config = ds_config
         self.layout.setup_groups(model.config, ds_config)
         self.task.cross_entropy = self.layout.cross_entropy()
         scheduler = lambda opt: build_scheduler(opt, total_steps=cfg.train.max_steps, warmup_ratio=o.warmup_ratio,
@@ -151,7 +153,11 @@ class Trainer:
                     "vision-language" if self.cfg.task.name == "pretrain" else "task", self.layout.tp,
                     self.layout.pp)
         logger.info("model: %s, %s parameters; ZeRO stage %d; precision %s", self.cfg.model.flavor,
-                    f"{sum(p.numel() for p in model.parameters()):,}", t.zero_stage, t.precision)
+                    f"{sum(p.numel() for p in model.parameters()):,}",
+                    self.ds_config["zero_optimization"]["stage"], t.precision)
+        written = write_ds_config(self.ds_config, self.out_dir)
+        logger.info("DeepSpeed config: template %s; ofa-ds set %s from its config; resolved JSON in %s",
+                    t.deepspeed_template, ", ".join(OWNED_KEYS), written)
 
     # -- state -----------------------------------------------------------------------
     def _resume(self) -> None:
