@@ -9,6 +9,7 @@ import typing
 import warnings
 from pathlib import Path
 
+from ofa_ds.config.checks import check_ranges, check_types
 from ofa_ds.config.schema import TaskSection, TrainConfig
 
 
@@ -94,6 +95,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
 
 
 def validate(cfg: TrainConfig) -> None:
+    """Refuse a bad config before anything is built; each message names the field."""
+    check_types(cfg)  # first: the checks below compare numbers
+    check_ranges(cfg)
     t = cfg.train
     if t.precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"train.precision must be fp32, bf16 or fp16, not {t.precision!r}")

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ofa_ds.config.flavors import get_flavor
-from ofa_ds.config.load import to_dict
+from ofa_ds.config.load import to_dict, validate
 from ofa_ds.config.schema import TrainConfig
 from ofa_ds.engine import checkpoint as ckpt
 from ofa_ds.engine.distributed import all_reduce_sum, init_distributed
@@ -81,6 +81,7 @@ class Trainer:
         from ofa_ds.data.vocab import Vocabulary
         from ofa_ds.kernels import set_attention_impl
 
+        validate(cfg)  # a config built in code gets the same refusals as a loaded one, before any build
         self.cfg = cfg
         self.rank, self.world_size = init_distributed()
         self.out_dir = Path(cfg.train.out_dir)

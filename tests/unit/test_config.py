@@ -79,3 +79,57 @@ def test_move_to_casts_images_only():
     assert out[0]["net_input"]["patch_images"].dtype == torch.bfloat16
     assert out[0]["conf"].dtype == torch.float32 and float(out[0]["conf"]) == pytest.approx(0.3, abs=1e-7)
     assert out[0]["net_input"]["src_tokens"].dtype == torch.long
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.lr=-0.001"], "optim.lr must be > 0"),
+    (["optim.lr=0"], "optim.lr must be > 0"),
+    (["optim.lr=[0.001]"], r"optim.lr must be a finite number, got \[0.001\] \(list\)"),
+    (["optim.betas=(0.9, 1.0)"], r"optim.betas\[1\] must be in \[0, 1\)"),
+    (["optim.betas=(-0.1, 0.99)"], r"optim.betas\[0\]"),
+    (["optim.weight_decay=-0.01"], "optim.weight_decay must be >= 0"),
+    (["model.dropout=1.0"], r"model.dropout must be in \[0, 1\)"),
+    (["model.attention_dropout=-0.1"], "model.attention_dropout"),
+    (["optim.warmup_ratio=1.5"], r"optim.warmup_ratio must be in \[0, 1\]"),
+    (["optim.clip_norm=-1"], "optim.clip_norm must be >= 0"),
+    (["task.label_smoothing=1"], r"task.label_smoothing must be in \[0, 1\)"),
+    (["train.save_every=-5"], "train.save_every must be >= 0"),
+    (["train.max_steps=2.5"], "train.max_steps must be an integer, got 2.5"),
+    (["train.micro_batch=8.0"], "train.micro_batch must be an integer, got 8.0"),
+    (["train.resume=1.0"], "train.resume"),
+    (["parallel.tp=0"], "parallel.tp must be >= 1"),
+    (["parallel.pp=-1"], "parallel.pp must be >= 1"),
+    (["data.weights={'vision_language': 16, 'txt': 2}"], "data.weights names an unknown stream 'txt'"),
+    (["data.weights={'vision_language': 16, 'text': -2}"], "data.weights.text must be a number >= 0"),
+])
+def test_bad_values_are_refused_naming_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides)
+
+
+def test_bad_values_in_a_file_are_refused_too(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[train]\nmax_steps = 2.5\n")
+    with pytest.raises(ValueError, match="train.max_steps must be an integer"):
+        load_config(f)
+
+
+def test_trainer_refuses_a_bad_config_before_building_anything(monkeypatch):
+    """A config built in code (not through load_config) is refused before distributed start-up
+    or any model is built."""
+    from ofa_ds.config.schema import TrainConfig
+    from ofa_ds.engine import trainer as trainer_mod
+
+    def must_not_run(*a, **k):
+        raise AssertionError("built something before validating the config")
+
+    monkeypatch.setattr(trainer_mod, "init_distributed", must_not_run)
+    monkeypatch.setattr(trainer_mod, "build_model", must_not_run)
+    cfg = TrainConfig()
+    cfg.parallel.tp = 0
+    with pytest.raises(ValueError, match="parallel.tp must be >= 1"):
+        trainer_mod.Trainer(cfg)
+    cfg = TrainConfig()
+    cfg.optim.lr = [0.001]
+    with pytest.raises(ValueError, match="optim.lr must be a finite number"):
+        trainer_mod.Trainer(cfg)
