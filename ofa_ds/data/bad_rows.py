@@ -11,8 +11,12 @@ undecodable image, unparsable field). The dataset code catches it and hands it t
         ...                  # skip the row
 
 Counts are kept per epoch, per file and per reason, and survive resume through
-``state_dict()``. A policy counts what happens in its own process: with DataLoader workers,
-send each worker's ``summary()`` to the main process and ``merge()`` it there.
+``state_dict()``. A bad row is counted **once per epoch**, however often it is read (the extra
+streams cycle, so one text row can be read several times in one VL epoch); ``reads()`` counts
+the reads. The first message of each (file, reason) is always logged and kept (``first()``), so
+a fatal error can name it even when later warnings were rate-limited. A policy counts what
+happens in its own process: with DataLoader workers, send each worker's ``summary()`` to the
+main process and ``merge()`` it there.
 """
 from __future__ import annotations
 
@@ -45,33 +49,62 @@ class BadRow(ValueError):
         return (type(self), (self.file, self.row, self.field, self.reason, self.detail))
 
 
+class NoGoodRows(RuntimeError):
+    """A stream (or the whole vision-language input) has no usable row: fatal, because training on
+    placeholders or on nothing would look like a normal run. The message names the file and the
+    first bad row of each reason."""
+
+
+def first_of_each_reason(errors) -> str:
+    """'<first message of reason A>; <first of reason B>' over ``errors`` (BadRow or str)."""
+    first: dict[str, str] = {}
+    for err in errors:
+        reason = err.reason if isinstance(err, BadRow) else str(err)
+        first.setdefault(reason, str(err))
+    return "; ".join(first.values())
+
+
 class BadRowPolicy:
     """Skip-and-count (default) or fail-fast (``strict=True``) handling of :class:`BadRow`.
 
-    ``warn_limit`` warnings are logged per (file, reason) and epoch, then one note that further
-    ones are suppressed; ``summary()`` still counts them all.
+    ``warn_limit`` (>= 1) warnings are logged per (file, reason) and epoch, then one note that
+    further ones are suppressed; ``summary()`` still counts them all. A row read again in the
+    same epoch is neither counted nor warned about again.
     """
 
     def __init__(self, strict: bool = False, warn_limit: int = 5):
-        if warn_limit < 0:
-            raise ValueError(f"warn_limit must be >= 0, got {warn_limit}")
+        if warn_limit < 1:
+            raise ValueError(f"warn_limit must be >= 1 (the first bad row of each reason is always shown), "
+                             f"got {warn_limit}")
         self.strict = strict
         self.warn_limit = warn_limit
         self.epoch = 0
-        # epoch -> file -> reason -> count
+        # epoch -> file -> reason -> distinct bad rows
         self._counts: dict[int, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+        self._reads: dict[int, dict[str, int]] = defaultdict(dict)  # epoch -> file -> bad reads
+        self._first: dict[int, dict[str, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
+        self._seen: set[tuple[str, int]] = set()  # (file, row) counted in the current epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Start counting under ``epoch`` (warnings are rate-limited per epoch)."""
+        if int(epoch) != self.epoch:
+            self._seen = set()
         self.epoch = int(epoch)
 
     def record(self, err: BadRow) -> None:
         """Count ``err`` and warn; in strict mode re-raise it instead."""
         if self.strict:
             raise err
+        reads = self._reads[self.epoch]
+        reads[err.file] = reads.get(err.file, 0) + 1
+        if err.row is not None:
+            if (err.file, err.row) in self._seen:
+                return  # the same row again (a cycling stream): counted and shown already
+            self._seen.add((err.file, err.row))
         per_reason = self._counts[self.epoch][err.file]
         n = per_reason.get(err.reason, 0) + 1
         per_reason[err.reason] = n
+        self._first[self.epoch][err.file].setdefault(err.reason, str(err))
         if n <= self.warn_limit:
             logger.warning("skipping bad row: %s", err)
         if n == self.warn_limit + 1:
@@ -79,9 +112,17 @@ class BadRowPolicy:
                            "see the epoch summary", err.file, err.reason)
 
     def summary(self, epoch: int | None = None) -> dict[str, dict[str, int]]:
-        """Counts for ``epoch`` (default: the current one) as ``{file: {reason: count}}``."""
+        """Distinct bad rows in ``epoch`` (default: the current one) as ``{file: {reason: rows}}``."""
         counts = self._counts.get(self.epoch if epoch is None else epoch, {})
         return {f: dict(r) for f, r in counts.items()}
+
+    def reads(self, epoch: int | None = None) -> dict[str, int]:
+        """Reads of bad rows in ``epoch`` per file (>= the row count when a stream cycles)."""
+        return dict(self._reads.get(self.epoch if epoch is None else epoch, {}))
+
+    def first(self, file, epoch: int | None = None) -> str:
+        """The first message of each reason for ``file`` in ``epoch``, joined by '; '."""
+        return "; ".join(self._first.get(self.epoch if epoch is None else epoch, {}).get(str(file), {}).values())
 
     def total(self, epoch: int | None = None) -> int:
         """Number of bad rows in ``epoch``, or in all epochs when ``epoch`` is None."""
@@ -95,7 +136,9 @@ class BadRowPolicy:
         if not counts:
             return
         lines = [f"  {f}: {reason}: {n}" for f, r in sorted(counts.items()) for reason, n in sorted(r.items())]
-        logger.warning("epoch %d: skipped %d bad rows\n%s", epoch, self.total(epoch), "\n".join(lines))
+        rows, reads = self.total(epoch), sum(self.reads(epoch).values())
+        also = f" ({reads} reads: the extra streams cycle)" if reads > rows else ""
+        logger.warning("epoch %d: skipped %d bad rows%s\n%s", epoch, rows, also, "\n".join(lines))
 
     def merge(self, counts: dict[str, dict[str, int]], epoch: int | None = None) -> None:
         """Add ``{file: {reason: count}}`` (e.g. a worker's ``summary()``) into ``epoch``."""
@@ -105,13 +148,25 @@ class BadRowPolicy:
                 target[f][reason] = target[f].get(reason, 0) + n
 
     def state_dict(self) -> dict:
+        # Plain dicts, lists, ints and strings: the checkpoint loads with weights_only=True.
         return {
             "epoch": self.epoch,
             "counts": {e: self.summary(e) for e in self._counts},
+            "reads": {e: self.reads(e) for e in self._reads},
+            "first": {e: {f: dict(r) for f, r in files.items()} for e, files in self._first.items()},
+            "seen": [[f, row] for f, row in sorted(self._seen)],
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
         self._counts.clear()
+        self._reads.clear()
+        self._first.clear()
         for e, counts in state["counts"].items():
             self.merge(counts, epoch=int(e))
+        for e, reads in state.get("reads", {}).items():
+            self._reads[int(e)].update(reads)
+        for e, files in state.get("first", {}).items():
+            for f, reasons in files.items():
+                self._first[int(e)][f].update(reasons)
+        self._seen = {(f, int(row)) for f, row in state.get("seen", [])}

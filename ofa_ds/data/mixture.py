@@ -30,6 +30,9 @@ rank's epoch, and DataLoader's in-order round robin hands them back as i = 0, 1,
 bad extra row is replaced by the next row of that stream's cycle, so the extras group keeps
 its size. Every bad row travels with its batch to the main process, where the
 ``BadRowPolicy`` counts and warns (or raises, in strict mode) and prints an epoch summary.
+A stream with no good row is fatal (:class:`NoGoodRows`, naming the file and the first bad row
+of each reason): an extra stream as soon as a whole cycle of it failed, the VL input at the
+end of an epoch in which none of this rank's VL rows was usable.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ofa_ds.data.bad_rows import BadRow, BadRowPolicy
+from ofa_ds.data.bad_rows import BadRow, BadRowPolicy, NoGoodRows, first_of_each_reason
 from ofa_ds.data.collate import collate
 from ofa_ds.data.sharding import EpochOrder
 from ofa_ds.data.streams.common import STREAM_IDS, Sample, sample_rng
@@ -53,6 +56,7 @@ EXTRA_STREAMS = ("text", "image", "detection")
 DEFAULT_WEIGHTS = {VL: 16.0, "text": 2.0, "image": 1.0, "detection": 1.0}
 SAMPLES_PER_VL_ROW = 2
 VL_ROWS_MULTIPLE = 8  # OFA's cadence: one extras set per 8 VL rows
+PLACEHOLDER_ID = "<placeholder>"
 
 
 def extras_per_batch(weights: Mapping[str, float], vl_rows_per_batch: int) -> dict[str, int]:
@@ -163,7 +167,7 @@ class BatchBuilder:
 
     def _placeholder(self) -> Sample:
         # Zero-weight stand-in for an all-bad or empty VL group: same keys and modules, no loss.
-        return Sample("<placeholder>", torch.tensor([self.bos, self.eos]), torch.tensor([self.eos]),
+        return Sample(PLACEHOLDER_ID, torch.tensor([self.bos, self.eos]), torch.tensor([self.eos]),
                       torch.tensor([self.bos]), torch.zeros(3, self.vl_image_size, self.vl_image_size),
                       patch_mask=False, code_mask=None, conf=0.0)
 
@@ -200,7 +204,11 @@ class BatchBuilder:
                 bad.append(err)
                 if self.strict:
                     return None
-        raise RuntimeError(f"every row of the {name} stream is bad; see the warnings above")
+        # Raised where the batch is built (maybe a worker, whose bad rows never reach the main
+        # process's log), so the message itself carries the first bad row of each reason.
+        path = str(stream.tsv.path)
+        raise NoGoodRows(f"{path}: every row of the {name} stream is bad ({self.plan.num_rows[name]} rows read); "
+                         f"first bad row of each reason: {first_of_each_reason(e for e in bad if e.file == path)}")
 
 
 class _EpochBatches(IterableDataset):
@@ -237,6 +245,7 @@ class MixtureLoader:
         self.policy = policy if policy is not None else BadRowPolicy(strict=builder.strict)
         self.extras_loss_weight = extras_loss_weight
         self.epoch, self.batch_index = epoch, 0
+        self.vl_good_samples: int | None = 0  # this epoch's; None: unknown (resumed from an old state)
 
     def __len__(self) -> int:
         """Micro-batches per epoch (the same on every rank)."""
@@ -245,7 +254,7 @@ class MixtureLoader:
     def set_epoch(self, epoch: int) -> None:
         """Jump to the start of ``epoch`` (no-op if already in it)."""
         if epoch != self.epoch:
-            self.epoch, self.batch_index = epoch, 0
+            self.epoch, self.batch_index, self.vl_good_samples = epoch, 0, 0
 
     def _batches(self) -> Iterator:
         dataset = _EpochBatches(self.builder, self.epoch, self.batch_index)
@@ -261,13 +270,21 @@ class MixtureLoader:
         for vl_batch, extras_batch, bad in self._batches():
             for err in bad:
                 self.policy.record(err)  # strict: raises here, on the first bad row
+            if self.vl_good_samples is not None:
+                self.vl_good_samples += sum(i != PLACEHOLDER_ID for i in vl_batch["id"])
             self.batch_index += 1
             yield vl_batch, extras_batch
         self._end_epoch()
 
     def _end_epoch(self) -> None:
         self.policy.log_summary(self.epoch)
-        self.epoch, self.batch_index = self.epoch + 1, 0
+        if self.vl_good_samples == 0 and self.plan.order.rows_per_rank(self.plan.rank, self.plan.world_size):
+            path = str(self.builder.streams[VL].tsv.path)
+            rows = sum(self.policy.summary(self.epoch).get(path, {}).values())
+            raise NoGoodRows(f"{path}: no usable vision-language row in epoch {self.epoch} ({rows} bad rows, "
+                             f"trained on placeholders only); first bad row of each reason: "
+                             f"{self.policy.first(path, self.epoch) or 'none recorded'}")
+        self.epoch, self.batch_index, self.vl_good_samples = self.epoch + 1, 0, 0
 
     # -- checkpointing ------------------------------------------------------------------------
 
@@ -281,6 +298,7 @@ class MixtureLoader:
             "num_rows": dict(self.plan.num_rows),
             "weights": dict(self.plan.weights),
             "bad_rows": self.policy.state_dict(),
+            "vl_good_samples": self.vl_good_samples,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -305,6 +323,7 @@ class MixtureLoader:
                            "read, restarting at micro-batch %d (%d rows read again)", new_rows, old_rows,
                            consumed, state["epoch"], index, consumed - index * new_rows)
         self.epoch, self.batch_index = int(state["epoch"]), index
+        self.vl_good_samples = state.get("vl_good_samples")
         self.policy.load_state_dict(state["bad_rows"])
 
 

@@ -20,15 +20,16 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 from ofa_ds.data.bad_rows import BadRow
 
 __all__ = ["TSVFile", "BadRow", "decode_base64_image", "index_cache_dir"]
 
-# As upstream: accept truncated images and huge ones. Set once for the process, because PIL
-# reads these globals at load time and a save/restore around each decode is not thread-safe.
-ImageFile.LOAD_TRUNCATED_IMAGES = True
+# As upstream, accept huge images (set once for the process: PIL reads the global at load time).
+# Unlike upstream, ofa-ds does *not* set ``ImageFile.LOAD_TRUNCATED_IMAGES``: a truncated image
+# (valid base64 of half a PNG/JPEG) then fails its full decode in ``decode_base64_image`` and is
+# counted as an undecodable row, instead of training on PIL's grey fill.
 Image.MAX_IMAGE_PIXELS = None
 
 # Index file layout (int64): [magic, version, file size, file mtime_ns, n_rows, offsets[n_rows + 1]].
@@ -67,7 +68,10 @@ class TSVFile:
 
     * ``selected_cols``: column indices (``"0,2,1"`` or a sequence of ints) that pick **and
       order** the returned fields, as OFA's ``selected_cols``; None returns all columns.
-    * ``num_columns``: the column count every row must have; default: the first row's.
+    * ``num_columns``: the exact column count every row must have. It comes from the file's
+      format, never from its rows (a malformed first row must not make the good rows "bad").
+      Without it, rows need at least the columns ``selected_cols`` reads, until a stream
+      states its format (:meth:`expect_columns`).
 
     ``row(i)`` returns the fields as strings (trailing ``\\n``/``\\r\\n`` stripped) and raises
     :class:`BadRow` for a row with the wrong column count or invalid UTF-8. Reads use
@@ -86,8 +90,9 @@ class TSVFile:
         self._fd_pid: int | None = None
         self._index_path: Path | None = None
         self._offsets = self._load_or_build_index()
-        self.num_columns = num_columns if num_columns is not None else self._first_row_columns()
+        self.num_columns = num_columns
         self.selected_cols = self._parse_cols(selected_cols)
+        self.min_columns = max(self.selected_cols) + 1 if self.selected_cols else 0
 
     # ------------------------------------------------------------------------------- index
     def _index_candidates(self) -> list[Path]:
@@ -151,10 +156,10 @@ class TSVFile:
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
-    def _first_row_columns(self) -> int:
-        if len(self) == 0:
-            return 0
-        return len(self._read_line(0).split(self.separator))
+    def expect_columns(self, count: int) -> None:
+        """State the format's column count when the caller gave none (a stream knows its fields)."""
+        if self.num_columns is None:
+            self.num_columns = count
 
     def _parse_cols(self, cols) -> list[int] | None:
         if cols is None:
@@ -165,8 +170,8 @@ class TSVFile:
             except ValueError:
                 raise ValueError(f"selected_cols must be comma-separated integers, got {cols!r}") from None
         cols = [int(c) for c in cols]
-        bad = [c for c in cols if not 0 <= c < self.num_columns]
-        if bad and len(self):
+        bad = [c for c in cols if c < 0 or (self.num_columns is not None and c >= self.num_columns)]
+        if bad:
             raise ValueError(f"selected_cols {bad} out of range for {self.path} "
                              f"with {self.num_columns} columns")
         return cols
@@ -191,9 +196,12 @@ class TSVFile:
         if not 0 <= i < len(self):
             raise IndexError(f"row {i} out of range for {self.path} with {len(self)} rows")
         fields = self._read_line(i).split(self.separator)
-        if len(fields) != self.num_columns:
+        if self.num_columns is not None and len(fields) != self.num_columns:
             raise BadRow(self.path, i, None, "wrong column count",
                          f"expected {self.num_columns}, got {len(fields)}")
+        if len(fields) < self.min_columns:
+            raise BadRow(self.path, i, None, "wrong column count",
+                         f"expected at least {self.min_columns}, got {len(fields)}")
         if self.selected_cols is None:
             return fields
         return [fields[c] for c in self.selected_cols]

@@ -255,4 +255,8 @@ def test_detection_bad_labels(tmp_path, vocab, label, reason):
 
 def test_wrong_selected_cols_is_a_config_error(tmp_path, vocab, negatives):
     with pytest.raises(ValueError, match="expected 8"):
-        S.VisionLanguageStream(tsv(tmp_path, "vl.tsv", [["a", "b", "c"]]), vocab, negatives)
+        S.VisionLanguageStream(tsv(tmp_path, "vl.tsv", [["a", "b", "c"]], cols="0,1,2"), vocab, negatives)
+    # Without selected_cols the format (8 fields) sets the width, not the rows: a 3-column row is bad.
+    stream = S.VisionLanguageStream(tsv(tmp_path, "vl.tsv", [["a", "b", "c"]]), vocab, negatives)
+    with pytest.raises(BadRow, match=r"row 0: wrong column count \(expected 8, got 3\)"):
+        stream.samples(0, np.random.default_rng(0))

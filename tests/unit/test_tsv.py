@@ -31,8 +31,9 @@ def _cache_dir(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- TSVFile
 def test_random_access_and_selected_cols(tmp_path):
     path = _write(tmp_path / "data.tsv", ROWS)
-    f = TSVFile(path)
+    f = TSVFile(path, num_columns=4)
     assert len(f) == 4 and f.num_columns == 4
+    assert TSVFile(path).num_columns is None  # no format given: the rows decide nothing
     assert [f.row(i) for i in (3, 0, 2, 1)] == [ROWS[i] for i in (3, 0, 2, 1)]
     assert f[2] == ROWS[2]
     assert TSVFile(path, selected_cols="3,0").row(2) == ["z", "2"]  # picks and orders, like OFA
@@ -40,7 +41,10 @@ def test_random_access_and_selected_cols(tmp_path):
     with pytest.raises(IndexError):
         f.row(4)
     with pytest.raises(ValueError, match="out of range"):
-        TSVFile(path, selected_cols="0,4")
+        TSVFile(path, selected_cols="0,4", num_columns=4)
+    # Without num_columns a row needs the columns the selection reads; these 4-column rows are bad.
+    with pytest.raises(BadRow, match=r"wrong column count \(expected at least 5, got 4\)"):
+        TSVFile(path, selected_cols="0,4").row(0)
     with pytest.raises(ValueError, match="integers"):
         TSVFile(path, selected_cols="0,a")
     with pytest.raises(ValueError):
@@ -60,7 +64,7 @@ def test_line_endings(tmp_path):
 def test_bad_rows_raise_with_location(tmp_path):
     path = tmp_path / "bad.tsv"
     path.write_bytes(b"0\ta\tb\n1\tonly two\n\n3\ta\tb\textra\n4\t\xff\xfe\tb\n5\tok\tok\n")
-    f = TSVFile(path)
+    f = TSVFile(path, num_columns=3)
     assert len(f) == 6  # an empty line is still a row, so row numbers stay line numbers
     for i, reason in [(1, "wrong column count"), (2, "wrong column count"), (3, "wrong column count"),
                       (4, "invalid utf-8")]:

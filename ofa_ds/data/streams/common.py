@@ -98,6 +98,9 @@ def pre_question(question: str, max_words: int | None = None) -> str:
 def check_columns(tsv, fields: tuple[str, ...], stream: str) -> None:
     """Fail early (a configuration mistake, not a bad row) when ``selected_cols`` does not give
     the fields a stream expects."""
+    # The format fixes the column count, never the first row: the fields, or as far as
+    # selected_cols reaches into a wider file.
+    tsv.expect_columns(max(len(fields), tsv.min_columns))
     got = len(tsv.selected_cols) if tsv.selected_cols is not None else tsv.num_columns
     if len(tsv) and got != len(fields):
         raise ValueError(f"{stream} file {tsv.path} yields {got} fields per row with selected_cols="

@@ -59,10 +59,21 @@ class NegativeSamples:
 
     @classmethod
     def from_dir(cls, path: str) -> "NegativeSamples":
-        with open(os.path.join(path, "type2ans.json"), encoding="utf-8") as f:
-            type2ans = json.load(f)
-        return cls(_read_lines(os.path.join(path, "all_captions.txt")),
-                   _read_lines(os.path.join(path, "object.txt")), type2ans)
+        type2ans_path = os.path.join(path, "type2ans.json")
+        try:
+            with open(type2ans_path, encoding="utf-8") as f:
+                type2ans = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{type2ans_path}: not valid JSON ({err})") from None
+        if not isinstance(type2ans, dict) or not all(
+                isinstance(a, list) and all(isinstance(x, str) for x in a) for a in type2ans.values()):
+            raise ValueError(f"{type2ans_path}: expected an object mapping each answer type to a list of "
+                             f"answer strings, e.g. {{\"other\": [\"red\", \"blue\"]}}")
+        try:
+            return cls(_read_lines(os.path.join(path, "all_captions.txt")),
+                       _read_lines(os.path.join(path, "object.txt")), type2ans)
+        except ValueError as err:
+            raise ValueError(f"negative samples in {path}: {err}") from None
 
     def caption(self, caption: str, gt_objects: str, rng: np.random.Generator) -> str:
         """40%: swap a ground-truth object for a random one in the raw caption (when the row
