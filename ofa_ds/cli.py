@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("ofa_ds.generate", "main", "run OFA generation on an image and a prompt"),
     "build-vocab": ("ofa_ds.data.build_vocab", "main", "train a byte-level BPE in OFA's file layout"),
     "make-sample-data": ("preprocessing.make_sample_data", "main", "write the offline sample dataset"),
+    "prepare": ("preprocessing.prepare", "main", "convert COCO / VQA / RefCOCO / ... / webdataset to TSV shards"),
+    "inspect": ("preprocessing.inspect_tsv", "main", "row count, column check, decoded rows, contact sheet"),
     "bench data": ("ofa_ds.data.bench", "main", "pretraining loader throughput (samples/s per worker)"),
     "bench train": ("ofa_ds.engine.bench", "main", "training step throughput, FLOPs and MFU per option"),
     "plan": ("ofa_ds.parallel.planner", "main", "per-GPU memory plan for each parallel layout"),

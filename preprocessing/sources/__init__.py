@@ -1,0 +1,1 @@
+"""One module per public dataset layout; each defines Converter subclasses for ``ofa-ds prepare``."""
