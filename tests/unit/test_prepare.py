@@ -304,7 +304,7 @@ def test_snli_ve_glue_imagenet(tmp_path, shared):
         assert rows(out, f"glue-{task}") == expected[task]
         # the same column layout as OFA's own files in the fixture
         fixture = TSVFile(shared / "fixtures" / "ofa_finetune_golden" / "data" / "glue" / f"{task}_train.tsv")
-        assert fixture.num_columns == len(expected[task][0])
+        assert len(fixture.row(0)) == len(expected[task][0])
     assert summary(out, "glue-cola")["skipped"] == {"bad label": 1}
 
     for cls, n in (("n02", 1), ("n01", 2)):
