@@ -35,9 +35,18 @@ def _engine_args(p: argparse.ArgumentParser, images: bool = True) -> None:
 
 
 def _opts(a) -> dict:
-    if getattr(a, "max_side", None) is None and getattr(a, "jpeg_quality", None) is None:
-        return {}
-    return {"image_options": ImageOptions(max_side=a.max_side, jpeg_quality=a.jpeg_quality)}
+    opts = {}
+    if getattr(a, "to", None):
+        opts.update(to=a.to, dataset_name=a.dataset_name or "")
+    if getattr(a, "max_side", None) is not None or getattr(a, "jpeg_quality", None) is not None:
+        opts["image_options"] = ImageOptions(max_side=a.max_side, jpeg_quality=a.jpeg_quality)
+    return opts
+
+
+def _vl_target(p: argparse.ArgumentParser, finetune: str) -> None:
+    p.add_argument("--to", choices=(finetune, "vision-language"), default=finetune,
+                   help=f"the {finetune} finetuning TSV (default) or pretraining vision-language rows")
+    p.add_argument("--dataset-name", help="vision-language dataset_name column (default: the kind)")
 
 
 def _build_coco_captions(a):
@@ -117,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="Karpathy split(s), comma-separated (default train)")
     p.add_argument("--rows-per", choices=("caption", "image"),
                    help="one row per caption (default for train) or per image with all references joined by &&")
+    _vl_target(p, "caption")
 
     p = kind("vqa", _build_vqa, "VQA v2 questions + annotations JSON -> vqa TSV (+ ans2label)")
     p.add_argument("--questions", required=True)
@@ -126,12 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ans2label", help="use this candidate set (.pkl or .json) instead of building one")
     p.add_argument("--min-answer-count", type=int, default=9)
     p.add_argument("--keep-all-answers", action="store_true", help="keep answers outside the candidate set")
+    _vl_target(p, "vqa")
 
     p = kind("refcoco", _build_refcoco, "RefCOCO/+/g refs(*).p + instances.json -> refcoco TSV")
     p.add_argument("--refs", required=True, help="refs(unc).p / refs(google).p / refs(umd).p")
     p.add_argument("--instances", required=True)
     p.add_argument("--images", required=True, help="COCO train2014 images")
     p.add_argument("--split", default="train", help="train, val, testA, testB or test")
+    _vl_target(p, "refcoco")
 
     p = kind("snli-ve", _build_snli_ve, "SNLI-VE JSONL + Flickr30k images -> snli_ve TSV")
     p.add_argument("--jsonl", required=True)

@@ -22,7 +22,7 @@ class CocoCaptions(ImageConverter):
     stage-1 training file; otherwise one row per image with every reference joined by ``&&``
     (OFA's validation/test and SCST files)."""
 
-    kind, format = "coco-captions", "caption"
+    kind, format, vl_type = "coco-captions", "caption", "caption"
 
     def __init__(self, annotations, images_root, *, splits=("train",), per_caption: bool | None = None,
                  **kw):
@@ -55,7 +55,7 @@ class CocoCaptions(ImageConverter):
 
     def settings(self):
         return {"annotations": str(self.annotations), "splits": self.splits, "per_caption": self.per_caption,
-                "images_root": str(self.images_root)}
+                "images_root": str(self.images_root), "format": self.format, "dataset_name": self.dataset_name}
 
     def total(self):
         return len(self.items)
@@ -83,11 +83,15 @@ class CocoCaptions(ImageConverter):
         if not good:
             raise BadRow(path, None, "caption", "no caption", f"image {image_id}")
         img = self.load_image(path)
-        if self.per_caption:
-            yield from ([str(cap_id), str(image_id), text, "", img.b64] for cap_id, text in good)
+        if self.per_caption or self.to_vl:
+            yield from (self.out([str(cap_id), str(image_id), text, "", img.b64]) for cap_id, text in good)
         else:
             yield [str(image_id), str(image_id), "&&".join(t for _, t in good), "", img.b64]
         yield from dropped
+
+    def vision_language(self, row):
+        uid, _, caption, _, b64 = row
+        return [uid, b64, caption, "", "", "", self.dataset_name, "caption"]
 
 
 class CocoDetection(ImageConverter):

@@ -17,11 +17,35 @@ BOX_TOLERANCE = 1.0
 
 
 class ImageConverter(Converter):
-    """A converter whose rows carry a base64 image read from ``images_root``."""
+    """A converter whose rows carry a base64 image read from ``images_root``.
 
-    def __init__(self, images_root=None, image_options: ImageOptions = ImageOptions()):
+    Sources that also feed pretraining (captions, VQA, grounding) set ``vl_type`` and
+    implement ``vision_language(row)``: with ``to="vision-language"`` their rows are written in
+    the pretraining stream's layout instead of the finetuning task's.
+    """
+
+    vl_type: str | None = None
+    finetune_format: str = ""
+
+    def __init__(self, images_root=None, image_options: ImageOptions = ImageOptions(), *,
+                 to: str | None = None, dataset_name: str = ""):
         self.images_root = Path(images_root) if images_root is not None else None
         self.image_options = image_options
+        self.finetune_format = self.format
+        if to not in (None, self.format, "vision-language") or (to == "vision-language" and not self.vl_type):
+            raise ValueError(f"{self.kind} converts to {self.format}"
+                             + (" or vision-language" if self.vl_type else "") + f", not {to}")
+        self.to_vl = to == "vision-language"
+        if self.to_vl:
+            self.format = "vision-language"
+        self.dataset_name = dataset_name or self.kind
+
+    def out(self, row: list[str]) -> list[str]:
+        """``row`` in the finetuning layout → the layout being written."""
+        return self.vision_language(row) if self.to_vl else row
+
+    def vision_language(self, row: list[str]) -> list[str]:
+        raise NotImplementedError
 
     def image_path(self, relative: str) -> Path:
         if self.images_root is None:

@@ -41,7 +41,7 @@ class ImageFolderCaptions(ImageConverter):
     def __init__(self, captions, images_root, *, dataset_name: str = "", image_key=None, text_key=None, **kw):
         super().__init__(images_root, **kw)
         self.captions = Path(captions)
-        self.dataset_name = dataset_name
+        self.dataset_name = dataset_name  # empty unless given (only "cc12m" changes OFA's targets)
         self.image_keys = (image_key,) if image_key else IMAGE_KEYS
         self.text_keys = (text_key,) if text_key else TEXT_KEYS
         list(zip(range(1), read_table(self.captions)))  # fail now on a missing file

@@ -16,7 +16,7 @@ from preprocessing.sources.common import (
 
 
 class RefCOCO(ImageConverter):
-    kind, format = "refcoco", "refcoco"
+    kind, format, vl_type = "refcoco", "refcoco", "visual_grounding"
 
     def __init__(self, refs, instances, images_root, *, split: str = "train", **kw):
         super().__init__(images_root, **kw)
@@ -39,7 +39,11 @@ class RefCOCO(ImageConverter):
 
     def settings(self):
         return {"refs": str(self.refs_path), "instances": str(self.instances_path), "split": self.split,
-                "images_root": str(self.images_root)}
+                "images_root": str(self.images_root), "format": self.format, "dataset_name": self.dataset_name}
+
+    def vision_language(self, row):
+        uid, _, text, box, b64 = row
+        return [uid, b64, text, "", box, "", self.dataset_name, "visual_grounding"]
 
     def total(self):
         return len(self.items)
@@ -59,7 +63,7 @@ class RefCOCO(ImageConverter):
         box = box_text(fit_box(xywh_to_xyxy(bbox), img, where, "bbox"))
         for sent_id, text in sents:
             try:
-                yield [f"{ref_id}_{sent_id}", str(image_id), text_or_bad(text, where, f"sentence {sent_id}",
-                                                                         "empty expression"), box, img.b64]
+                text = text_or_bad(text, where, f"sentence {sent_id}", "empty expression")
+                yield self.out([f"{ref_id}_{sent_id}", str(image_id), text, box, img.b64])
             except BadRow as err:
                 yield err

@@ -44,7 +44,7 @@ def load_candidates(path) -> dict[str, int]:
 
 
 class VQA(ImageConverter):
-    kind, format = "vqa", "vqa"
+    kind, format, vl_type = "vqa", "vqa", "qa"
 
     def __init__(self, questions, annotations, images_root, *, image_pattern: str | None = None,
                  ans2label=None, min_answer_count: int = 9, keep_all_answers: bool = False, **kw):
@@ -82,7 +82,7 @@ class VQA(ImageConverter):
         return {"questions": str(self.questions_path), "annotations": str(self.annotations_path),
                 "image_pattern": self.image_pattern, "ans2label": self.ans2label_source,
                 "min_answer_count": self.min_answer_count, "keep_all_answers": self.keep_all_answers,
-                "images_root": str(self.images_root)}
+                "images_root": str(self.images_root), "format": self.format, "dataset_name": self.dataset_name}
 
     def total(self):
         return len(self.items)
@@ -104,8 +104,14 @@ class VQA(ImageConverter):
                 raise BadRow(where, None, "answers", "no answer in candidate set",
                              f"answers {sorted(set(answers))[:5]}")
             refs = "&&".join(f"{s:g}|!+{a}" if s != 1 else f"1.0|!+{a}" for a, s in scores.items())
+        if self.to_vl and not refs:
+            raise BadRow(where, None, "answers", "no answers", "pretraining qa rows need answers")
         img = self.load_image(path)
-        yield [str(qid), str(image_id), question, refs, "", img.b64]
+        yield self.out([str(qid), str(image_id), question, refs, "", img.b64])
+
+    def vision_language(self, row):
+        qid, _, question, refs, _, b64 = row
+        return [qid, b64, "", question, refs, "", self.dataset_name, "qa"]
 
     def finish(self, out_dir, name):
         if self.ans2label_source or not self.candidates:

@@ -36,6 +36,20 @@ def vocab(ofa_bpe_dir) -> Vocabulary:
     return Vocabulary.from_dir(ofa_bpe_dir)
 
 
+@pytest.fixture(scope="module")
+def negatives(tmp_path_factory) -> S.NegativeSamples:
+    neg = tmp_path_factory.mktemp("neg")
+    (neg / "all_captions.txt").write_text("a cat\n")
+    (neg / "object.txt").write_text("dog\n")
+    (neg / "type2ans.json").write_text(json.dumps({"other": ["red"]}))
+    return S.NegativeSamples.from_dir(neg)
+
+
+def vl_stream(out: Path, name: str, vocab, negatives) -> S.VisionLanguageStream:
+    return S.VisionLanguageStream(TSVFile(shard_files(out, name)[0], "0,1,2,3,4,5,6,7"), vocab, negatives,
+                                  patch_image_size=32)
+
+
 def save_scene(path: Path, seed: int, size=(64, 48), fmt="JPEG"):
     """A scene image; returns its shapes' boxes."""
     scene = random_scene(random.Random(seed), *size)
@@ -114,6 +128,10 @@ def test_coco_captions_rows_bad_records_and_strict(tmp_path, capsys):
     (val,) = rows(out, "coco-captions-val")
     assert val[:3] == ["15", "15", "one&&two"] and decode_base64_image(val[4]).size == (32, 24)
 
+    assert run_prepare("coco-captions", "--annotations", ann, "--images", imgs, "--out", out, "--split", "val",
+                       "--workers", 0, "--to", "vision-language", "--name", "vl") == 0
+    assert [r[2] for r in rows(out, "vl")] == ["one", "two"]  # pretraining: one row per caption
+
     # --strict: the first bad record (the empty second caption of a.jpg) stops the run, named
     assert run_prepare("coco-captions", "--annotations", ann, "--images", imgs, "--out", tmp_path / "strict",
                        "--workers", 0, "--strict") == 1
@@ -132,7 +150,7 @@ def test_official_caption_annotations(tmp_path):
 
 # --------------------------------------------------------------------------------------- VQA
 
-def test_vqa_confidences_and_candidates(tmp_path):
+def test_vqa_confidences_and_candidates(tmp_path, vocab, negatives):
     imgs = tmp_path / "img"
     for iid in (1, 2):
         save_scene(imgs / f"COCO_train2014_{iid:012d}.jpg", iid)
@@ -166,6 +184,13 @@ def test_vqa_confidences_and_candidates(tmp_path):
                        "--ans2label", tmp_path / "cands.json") == 0
     assert summary(out, "given")["skipped"] == {"no answer in candidate set": 2}  # checked before the image
     assert not check_row(get_format("vqa"), got[0])[0]
+    # the same questions as pretraining qa rows, through the vision-language stream
+    assert run_prepare("vqa", "--questions", tmp_path / "q.json", "--annotations", tmp_path / "a.json",
+                       "--images", imgs, "--out", out, "--name", "vl", "--workers", 0, "--keep-all-answers",
+                       "--to", "vision-language") == 0
+    assert rows(out, "vl")[0][2:] == ["", "How many shapes?", "1.0|!+2&&0.6|!+3&&0.3|!+two", "", "vqa", "qa"]
+    main, _ = vl_stream(out, "vl", vocab, negatives).samples(0, np.random.default_rng(0))
+    assert vocab.decode(main.target[:-1]).strip() == "2" and main.conf == 1.0
 
 
 # ----------------------------------------------------------------------------------- RefCOCO
@@ -175,7 +200,7 @@ class _Evil:
         return (os.system, ("echo pwned",))
 
 
-def test_refcoco_refs_pickle(tmp_path):
+def test_refcoco_refs_pickle(tmp_path, vocab, negatives):
     scene = save_scene(tmp_path / "img" / "COCO_train2014_000000000007.jpg", 7)
     x0, y0, x1, y1 = scene.shapes[0].box
     refs = [{"ref_id": 1, "ann_id": 100, "image_id": 7, "split": "train", "category_id": 1,
@@ -195,6 +220,12 @@ def test_refcoco_refs_pickle(tmp_path):
                                     ["1_2", "7", "a shape", f"{x0},{y0},{x1},{y1}"]]
     assert summary(out, "refcoco-train")["skipped"] == {"box outside image": 1}
     assert not check_row(get_format("refcoco"), got[0])[0]
+    assert run_prepare("refcoco", "--refs", tmp_path / "refs(unc).p", "--instances", tmp_path / "instances.json",
+                       "--images", tmp_path / "img", "--out", out, "--workers", 0, "--to", "vision-language",
+                       "--name", "vl") == 0
+    grounding, described = vl_stream(out, "vl", vocab, negatives).samples(0, np.random.default_rng(0))
+    assert len(grounding.target) == 5 and grounding.target[:4].min() >= vocab.bin_offset
+    assert vocab.decode(described.target[:-1]).strip() == "the left shape"
 
     with open(tmp_path / "evil.p", "wb") as f:
         pickle.dump([_Evil()], f)
@@ -204,7 +235,7 @@ def test_refcoco_refs_pickle(tmp_path):
 
 # ------------------------------------------------------ detection / image-text -> the streams
 
-def test_detection_and_image_text_read_back_through_the_streams(tmp_path, vocab):
+def test_detection_and_image_text_read_back_through_the_streams(tmp_path, vocab, negatives):
     imgs = tmp_path / "img"
     s1 = save_scene(imgs / "1.jpg", 11)
     save_scene(imgs / "2.jpg", 12)
@@ -230,17 +261,10 @@ def test_detection_and_image_text_read_back_through_the_streams(tmp_path, vocab)
         w = csv.writer(f)
         w.writerow(["file_name", "caption"])
         w.writerows([["1.jpg", "a red circle"], ["2.jpg", ""], ["nope.jpg", "x"]])
-    neg = tmp_path / "neg"
-    neg.mkdir()
-    (neg / "all_captions.txt").write_text("a cat\n")
-    (neg / "object.txt").write_text("dog\n")
-    (neg / "type2ans.json").write_text(json.dumps({"other": ["red"]}))
     assert run_prepare("image-text", "--captions", tmp_path / "caps.csv", "--images", imgs, "--out", out,
                        "--workers", 0, "--dataset-name", "mine") == 0
     assert summary(out, "image-text")["skipped"] == {"empty caption": 1, "missing file": 1}
-    vl = S.VisionLanguageStream(TSVFile(shard_files(out, "image-text")[0], "0,1,2,3,4,5,6,7"), vocab,
-                                S.NegativeSamples.from_dir(neg), patch_image_size=32)
-    main, itm = vl.samples(0, np.random.default_rng(0))
+    main, itm = vl_stream(out, "image-text", vocab, negatives).samples(0, np.random.default_rng(0))
     assert vocab.decode(main.target[:-1]).strip() == "a red circle" and main.patch_image.shape == (3, 32, 32)
 
 
