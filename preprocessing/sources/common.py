@@ -134,6 +134,14 @@ def read_table(path, *, where: str | None = None) -> Iterator[tuple[int, dict]]:
             yield i, row
 
 
+def table_record(path, record) -> tuple[str, dict]:
+    """``(where, row)`` of a :func:`read_table` item; raises the item's BadRow (a bad JSON line)."""
+    line, row = record
+    if isinstance(row, BadRow):
+        raise row
+    return f"{path}:{line + 1}", row
+
+
 def pick(row: dict, keys: tuple[str, ...]):
     for k in keys:
         if k in row and row[k] not in (None, ""):
@@ -157,4 +165,4 @@ def write_pickle_and_json(out_dir: Path, stem: str, mapping: dict) -> list[str]:
 
 
 __all__ = ["BOX_TOLERANCE", "ImageConverter", "fit_box", "box_text", "xywh_to_xyxy", "load_json",
-           "load_plain_pickle", "read_table", "pick", "text_or_bad", "write_pickle_and_json"]
+           "load_plain_pickle", "read_table", "table_record", "pick", "text_or_bad", "write_pickle_and_json"]

@@ -23,7 +23,7 @@ from ofa_ds.data.bad_rows import BadRow
 from preprocessing.engine import Converter
 from preprocessing.formats import get_format
 from preprocessing.images import encode_image, read_range
-from preprocessing.sources.common import ImageConverter, pick, read_table, text_or_bad
+from preprocessing.sources.common import ImageConverter, pick, read_table, table_record, text_or_bad
 
 IMAGE_KEYS = ("image", "file_name", "filename", "file", "path", "image_path")
 TEXT_KEYS = ("caption", "text")
@@ -54,10 +54,7 @@ class ImageFolderCaptions(ImageConverter):
         return read_table(self.captions)
 
     def rows(self, record):
-        line, row = record
-        if isinstance(row, BadRow):
-            raise row
-        where = f"{self.captions}:{line + 1}"
+        where, row = table_record(self.captions, record)
         rel = pick(row, self.image_keys)
         if rel is None:
             raise BadRow(where, None, "image", "no image name", f"none of the columns {self.image_keys}")

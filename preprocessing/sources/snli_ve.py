@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ofa_ds.data.bad_rows import BadRow
-from preprocessing.sources.common import ImageConverter, read_table, text_or_bad
+from preprocessing.sources.common import ImageConverter, read_table, table_record, text_or_bad
 
 LABELS = ("entailment", "neutral", "contradiction")
 
@@ -26,10 +26,7 @@ class SNLIVE(ImageConverter):
         return read_table(self.path)
 
     def rows(self, record):
-        line, obj = record
-        if isinstance(obj, BadRow):
-            raise obj
-        where = f"{self.path}:{line + 1}"
+        where, obj = table_record(self.path, record)
         label = obj.get("gold_label")
         if label not in LABELS:
             raise BadRow(where, None, "gold_label", "bad label", f"{label!r} not in {LABELS}")
@@ -39,5 +36,5 @@ class SNLIVE(ImageConverter):
         hypothesis = text_or_bad(obj.get("sentence2"), where, "sentence2", "empty text")
         premise = text_or_bad(obj.get("sentence1"), where, "sentence1", "empty text")
         img = self.load_image(self.image_path(f"{image_id}.jpg"))
-        uid = obj.get("pairID") or f"{image_id}-{line}"
+        uid = obj.get("pairID") or f"{image_id}-{record[0]}"
         yield [str(uid), image_id, img.b64, hypothesis, premise, label]
