@@ -124,7 +124,8 @@ class Summary:
                  f"{len(self.shards)} shard(s) under {self.out_dir} ({self.resumed_shards} resumed), "
                  f"{self.seconds:.1f}s, {rate:.1f} records/s with {max(self.workers, 1)} process(es)"]
         total_bad = sum(self.skipped.values())
-        lines.append(f"skipped {total_bad} record(s)" + (":" if total_bad else ""))
+        # Counts are per item: a whole record, or a part of one (one empty caption of five).
+        lines.append(f"skipped or left out: {total_bad}" + (":" if total_bad else ""))
         for reason, n in sorted(self.skipped.items()):
             lines.append(f"  {reason}: {n}")
             lines += [f"    e.g. {e}" for e in self.examples.get(reason, [])[:2]]
@@ -305,9 +306,10 @@ def run(converter: Converter, out_dir, *, name: str, shard_records: int = 10000,
     job = _ShardJob(converter, fmt, out_dir, name, strict)
     ext = "tar" if converter.writer == "webdataset" else "tsv"
 
+    results: list[ChunkResult] = []
+
     def finished(res: ChunkResult, resumed=False):
-        summary.add(res)
-        summary.shards.append(_shard_paths(out_dir, name, res.shard, ext)[0].name)
+        results.append(res)
         summary.resumed_shards += resumed
         bar.update(res.records)
 
@@ -336,7 +338,9 @@ def run(converter: Converter, out_dir, *, name: str, shard_records: int = 10000,
                     finished(f.result())
     finally:
         bar.close()
-    summary.shards.sort()
+    for res in sorted(results, key=lambda r: r.shard):  # shard order: the same summary for any worker count
+        summary.add(res)
+        summary.shards.append(_shard_paths(out_dir, name, res.shard, ext)[0].name)
     summary.side_files = converter.finish(out_dir, name)
     summary.seconds = time.perf_counter() - start
     _write_json(out_dir / f"{name}.summary.json", asdict(summary))

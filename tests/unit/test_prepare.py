@@ -144,8 +144,10 @@ def test_official_caption_annotations(tmp_path):
            "annotations": [{"id": 50, "image_id": 5, "caption": "first"}, {"id": 51, "image_id": 5, "caption": "second"}]}
     (tmp_path / "captions_train2014.json").write_text(json.dumps(ann))
     assert run_prepare("coco-captions", "--annotations", tmp_path / "captions_train2014.json", "--images",
-                       tmp_path / "img", "--out", tmp_path / "o", "--workers", 0, "--rows-per", "image") == 0
+                       tmp_path / "img", "--out", tmp_path / "o", "--workers", 0, "--rows-per", "image", "--merge") == 0
     assert [r[:3] for r in rows(tmp_path / "o", "coco-captions-train")] == [["5", "5", "first&&second"]]
+    merged = TSVFile(tmp_path / "o" / "coco-captions-train.tsv", num_columns=5)
+    assert merged.row(0) == rows(tmp_path / "o", "coco-captions-train")[0]
 
 
 # --------------------------------------------------------------------------------------- VQA
@@ -406,6 +408,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     assert any(p.name.endswith(".tmp") for p in (tmp_path / "res").iterdir())  # the half-written shard
     assert run_prepare(*args, "--out", tmp_path / "res", "--workers", 0) == 0
     assert _outputs(tmp_path / "res") == ref
+    ref_summary, res_summary = summary(tmp_path / "ref", "image-text"), summary(tmp_path / "res", "image-text")
+    for key in ("records", "rows", "skipped", "examples", "shards"):
+        assert res_summary[key] == ref_summary[key], key
     assert summary(tmp_path / "res", "image-text")["resumed_shards"] == 1
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "res").iterdir())
     # a resume with other settings is refused instead of mixing two conversions
