@@ -112,9 +112,10 @@ class OFADecoder(PositionalStack):
     def forward(self, prev_output_tokens, encoder_out: dict, code_masks=None,
                 cache: list | None = None):
         """Returns (logits [B, Tq, V], extra). With ``cache`` (a list, one dict per layer,
-        filled on the first call) only the last position is computed."""
+        filled on the first call) only the positions after the cached ones are computed (the
+        first call with an empty cache computes all of them, e.g. a whole decoder prompt)."""
         T = prev_output_tokens.shape[1]
-        Tq = 1 if cache is not None else T
+        Tq = T - cached_length(cache) if cache is not None else T
         x, self_abs, cross_bias = self.prepare(prev_output_tokens, encoder_out["position_embeddings"],
                                                code_masks, Tq)
         self_padding = prev_output_tokens.eq(self.cfg.pad)
@@ -128,6 +129,13 @@ class OFADecoder(PositionalStack):
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return self.output_projection(x), {"features": features, "hidden": x}
+
+
+def cached_length(cache: list | None) -> int:
+    """Decoder positions already held in ``cache`` (0 for an empty one)."""
+    if not cache or "self" not in cache[0] or "k" not in cache[0]["self"]:
+        return 0
+    return cache[0]["self"]["k"].shape[2]
 
 
 def reorder_cache(cache: list, new_order: torch.Tensor, *, cross: bool = True) -> None:

@@ -40,6 +40,7 @@ import importlib
 TASKS: dict[str, str] = {
     "pretrain": "ofa_ds.tasks.pretrain:PretrainTask",
     "caption": "ofa_ds.tasks.caption:CaptionTask",
+    "vqa_gen": "ofa_ds.tasks.vqa:VqaGenTask",
 }
 ALIASES = {"vqa": "vqa_gen", "imagenet": "image_classify"}
 

@@ -42,6 +42,11 @@ def label_smoothed_cross_entropy(logits_BTV, target_BT, conf_B=None, *, options:
     allowed = None  # [B|1, T|1, V] bool, None = all allowed
     if constraint_masks_BTV is not None:
         allowed = constraint_masks_BTV.bool()
+        if allowed.shape[1] == target_BT.shape[1]:
+            # Positions that are not trained (pad targets, e.g. a VQA decoder prompt) may allow
+            # nothing; their softmax would be NaN and poison the backward pass although the loss
+            # drops them. Open them up: the trained positions are unchanged.
+            allowed = allowed | target_BT.eq(pad)[:, :, None]
     if options.constraint_range is not None:
         start, end = options.constraint_range
         ids = torch.arange(V, device=logits.device)
