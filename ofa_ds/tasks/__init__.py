@@ -41,6 +41,7 @@ TASKS: dict[str, str] = {
     "pretrain": "ofa_ds.tasks.pretrain:PretrainTask",
     "caption": "ofa_ds.tasks.caption:CaptionTask",
     "vqa_gen": "ofa_ds.tasks.vqa:VqaGenTask",
+    "snli_ve": "ofa_ds.tasks.snli_ve:SnliVeTask",
 }
 ALIASES = {"vqa": "vqa_gen", "imagenet": "image_classify"}
 
