@@ -38,9 +38,10 @@ def collate(samples: Sequence[Sample], pad: int = 1) -> dict:
     src_BS = pad_sequence([s.source for s in samples], batch_first=True, padding_value=pad)
     target_BT = pad_sequence([s.target for s in samples], batch_first=True, padding_value=pad)
     prev_BT = pad_sequence([s.prev_output_tokens for s in samples], batch_first=True, padding_value=pad)
-    sizes = {tuple(s.patch_image.shape) for s in samples}
+    text_only = all(s.patch_image is None for s in samples)  # GLUE-style tasks: no image keys
+    sizes = {None if s.patch_image is None else tuple(s.patch_image.shape) for s in samples}
     if len(sizes) != 1:
-        raise ValueError(f"samples of one batch must share the image size, got {sorted(sizes)}")
+        raise ValueError(f"samples of one batch must share the image size, got {sorted(map(str, sizes))}")
     # The VL group carries no code flags (None); the extras group flags every sample.
     code_masks = None if samples[0].code_mask is None else torch.tensor([bool(s.code_mask) for s in samples])
     return {
@@ -50,8 +51,8 @@ def collate(samples: Sequence[Sample], pad: int = 1) -> dict:
         "net_input": {
             "src_tokens": src_BS,
             "src_lengths": src_BS.ne(pad).sum(1),
-            "patch_images": torch.stack([s.patch_image for s in samples]),
-            "patch_masks": torch.tensor([s.patch_mask for s in samples], dtype=torch.bool),
+            "patch_images": None if text_only else torch.stack([s.patch_image for s in samples]),
+            "patch_masks": None if text_only else torch.tensor([s.patch_mask for s in samples], dtype=torch.bool),
             "code_masks": code_masks,
             "prev_output_tokens": prev_BT,
         },

@@ -74,7 +74,10 @@ class Task:
         from torchvision.utils import draw_bounding_boxes
 
         b = batch[0] if isinstance(batch, (tuple, list)) else batch
-        image = (b["net_input"]["patch_images"][0].float() * 0.5 + 0.5).clamp(0, 1).cpu()
+        images = b["net_input"].get("patch_images")
+        if images is None:  # text-only task
+            images = torch.zeros(1, 3, 16, 16)
+        image = (images[0].float() * 0.5 + 0.5).clamp(0, 1).cpu()
         target = b["target"][0]
         target = target[target.ne(self.vocab.pad)].tolist()
         v = self.vocab
@@ -242,7 +245,7 @@ def move_to(batch, device, image_dtype=None):
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: (v.to(device, image_dtype, non_blocking=True) if k == "patch_images" and image_dtype is not None
+        return {k: (v.to(device, image_dtype, non_blocking=True) if k == "patch_images" and image_dtype is not None and v is not None
                     else move_to(v, device, image_dtype)) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to(v, device, image_dtype) for v in batch)
