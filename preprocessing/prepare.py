@@ -92,6 +92,16 @@ def _build_image_text(a):
                                text_key=a.text_key, **_opts(a)), None
 
 
+def _build_text(a):
+    from preprocessing.sources.text import TextCorpus
+    return TextCorpus(a.input, text_key=a.text_key), None
+
+
+def _build_gigaword(a):
+    from preprocessing.sources.text import Gigaword
+    return Gigaword(a.source, a.target), None
+
+
 def _build_webdataset(a):
     from preprocessing.sources.image_text import WebDatasetIn
     return WebDatasetIn(a.tars, dataset_name=a.dataset_name, **_opts(a)), None
@@ -168,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-name", default="", help="dataset_name column (cc12m gets OFA's special target)")
     p.add_argument("--image-key")
     p.add_argument("--text-key")
+
+    p = kind("text", _build_text, "a text corpus (.txt, one document per line, or .jsonl) -> text-infilling TSV",
+             images=False)
+    p.add_argument("input")
+    p.add_argument("--text-key", help="JSONL field (default text, caption)")
+
+    p = kind("gigaword", _build_gigaword, "Gigaword's aligned article/title files -> gigaword TSV", images=False)
+    p.add_argument("--source", required=True, help="e.g. train.article.txt")
+    p.add_argument("--target", required=True, help="e.g. train.title.txt")
 
     p = kind("webdataset", _build_webdataset, "webdataset .tar shards (image + txt/json) -> vision-language TSV")
     p.add_argument("tars", nargs="+")

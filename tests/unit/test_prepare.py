@@ -343,6 +343,23 @@ def test_snli_ve_glue_imagenet(tmp_path, shared):
     assert json.loads((out / "class2label_new.json").read_text()) == {"tench": 0, "goldfish": 1}
 
 
+def test_text_corpus_and_gigaword_read_back(tmp_path, vocab):
+    (tmp_path / "corpus.txt").write_text("The first document, about shapes.\n\nA second one.\n")
+    (tmp_path / "a.txt").write_text("the ## people said\nsecond article\n")
+    (tmp_path / "t.txt").write_text("## said\n")
+    out = tmp_path / "out"
+    assert run_prepare("text", tmp_path / "corpus.txt", "--out", out, "--workers", 0) == 0
+    assert rows(out, "text") == [["corpus-0", "The first document, about shapes."], ["corpus-2", "A second one."]]
+    assert summary(out, "text")["skipped"] == {"empty text": 1}
+    stream = S.TextInfillingStream(TSVFile(shard_files(out, "text")[0], "0,1"), vocab, image_size=32)
+    (sample,) = stream.samples(0, np.random.default_rng(0))
+    assert vocab.decode(sample.target[:-1]).strip() == "the first document, about shapes."
+    assert run_prepare("gigaword", "--source", tmp_path / "a.txt", "--target", tmp_path / "t.txt", "--out", out,
+                       "--workers", 0) == 0
+    assert rows(out, "gigaword") == [["the ## people said", "## said"]]
+    assert summary(out, "gigaword")["skipped"] == {"unaligned files": 1}
+
+
 # ------------------------------------------------------------------------- image codes
 
 def test_image_codes_infilling_and_text_to_image(tmp_path, vocab):

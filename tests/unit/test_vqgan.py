@@ -78,6 +78,20 @@ def test_shapes_range_and_determinism(tiny):
         tiny.encode(torch.rand(1, 3, 60, 64))
 
 
+def test_attention_is_taming_single_head_attention():
+    """AttnBlock = x + proj_out(v · softmax(qᵀk / √C)) over the H·W positions (the original's bmm form)."""
+    from ofa_ds.vqgan.modules import AttnBlock
+
+    torch.manual_seed(2)
+    block = AttnBlock(32)
+    x = torch.randn(2, 32, 4, 5)
+    n = block.norm(x)
+    q, k, v = (conv(n).flatten(2) for conv in (block.q, block.k, block.v))   # [B, C, N]
+    weights = torch.softmax(torch.bmm(q.transpose(1, 2), k) / 32 ** 0.5, dim=2)  # [B, Nq, Nk]
+    expected = x + block.proj_out(torch.bmm(v, weights.transpose(1, 2)).reshape(x.shape))
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_plain_quantiser_is_nearest_codebook_vector():
     torch.manual_seed(1)
     vq = VQGAN.from_flavor("tiny", quantizer="vq", n_embed=64)
