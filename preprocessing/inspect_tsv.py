@@ -33,6 +33,15 @@ def parse_boxes(fmt: Format, value: str) -> list[tuple[list[float], str]]:
     return out
 
 
+def _outside(boxes, image, column: str) -> list[str]:
+    if image is None:
+        return []
+    return [f"{column}: box {box} not inside the {image.width}x{image.height} image"
+            for box, _ in boxes
+            if box[0] < 0 or box[1] < 0 or box[2] > image.width or box[3] > image.height
+            or box[2] <= box[0] or box[3] <= box[1]]
+
+
 def check_row(fmt: Format, fields: list[str], *, decode_image: bool = True) -> tuple[list[str], dict]:
     """(problems, decoded) for one row's raw fields against ``fmt``."""
     problems: list[str] = []
@@ -61,11 +70,7 @@ def check_row(fmt: Format, fields: list[str], *, decode_image: bool = True) -> t
             info["boxes"] = parse_boxes(fmt, row[fmt.boxes])
         except ValueError as e:
             problems.append(f"{fmt.boxes}: {e}")
-        if image is not None:
-            for box, _ in info.get("boxes", []):
-                x0, y0, x1, y1 = box
-                if x0 < 0 or y0 < 0 or x1 > image.width or y1 > image.height or x1 <= x0 or y1 <= y0:
-                    problems.append(f"{fmt.boxes}: box {box} not inside the {image.width}x{image.height} image")
+        problems += _outside(info.get("boxes", []), image, fmt.boxes)
     if fmt.codes:
         try:
             codes = [int(c) for c in row[fmt.codes].split()]
@@ -87,6 +92,12 @@ def check_row(fmt: Format, fields: list[str], *, decode_image: bool = True) -> t
                 problems.append(f"answers: {item!r} is not conf|!+answer")
     if fmt.name == "vision-language" and row["type"] not in ("caption", "qa", "visual_grounding"):
         problems.append(f"type: {row['type']!r} is not caption, qa or visual_grounding")
+    if fmt.name == "vision-language" and row["type"] == "visual_grounding":  # refs holds the region
+        try:
+            info["boxes"] = parse_boxes(get_format("refcoco"), row["refs"])
+        except ValueError as e:
+            problems.append(f"refs: {e}")
+        problems += _outside(info.get("boxes", []), image, "refs")
     return problems, info
 
 

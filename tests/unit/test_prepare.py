@@ -225,6 +225,7 @@ def test_refcoco_refs_pickle(tmp_path, vocab, negatives):
     assert run_prepare("refcoco", "--refs", tmp_path / "refs(unc).p", "--instances", tmp_path / "instances.json",
                        "--images", tmp_path / "img", "--out", out, "--workers", 0, "--to", "vision-language",
                        "--name", "vl") == 0
+    assert inspect(shard_files(out, "vl")[0], "vision-language", out=io.StringIO()) == 0  # the box fits its image
     grounding, described = vl_stream(out, "vl", vocab, negatives).samples(0, np.random.default_rng(0))
     assert len(grounding.target) == 5 and grounding.target[:4].min() >= vocab.bin_offset
     assert vocab.decode(described.target[:-1]).strip() == "the left shape"
