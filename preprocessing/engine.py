@@ -256,7 +256,8 @@ def _chunks(records: Iterable, size: int) -> Iterator[tuple[int, list]]:
 def _check_resume(out_dir: Path, name: str, fingerprint: dict, overwrite: bool) -> None:
     marker = out_dir / f"{name}.prepare.json"
     if overwrite:
-        for p in glob.glob(str(out_dir / f"{glob.escape(name)}-*")) + glob.glob(str(out_dir / f".{glob.escape(name)}-*")):
+        stem = glob.escape(name)
+        for p in glob.glob(str(out_dir / f"{stem}-[0-9]*")) + glob.glob(str(out_dir / f".{stem}-[0-9]*")):
             os.unlink(p)
         marker.unlink(missing_ok=True)
         (out_dir / f"{name}.summary.json").unlink(missing_ok=True)
@@ -268,7 +269,7 @@ def _check_resume(out_dir: Path, name: str, fingerprint: dict, overwrite: bool) 
                              f"({', '.join(changed)}); pass --overwrite or choose another --name")
     else:
         _write_json(marker, fingerprint)
-    for p in glob.glob(str(out_dir / f".{glob.escape(name)}-*.tmp")):  # partial shards of a killed run
+    for p in glob.glob(str(out_dir / f".{glob.escape(name)}-[0-9]*.tmp")):  # partial shards of a killed run
         os.unlink(p)
 
 
@@ -315,8 +316,8 @@ def run(converter: Converter, out_dir, *, name: str, shard_records: int = 10000,
 
     def pending():
         for k, chunk in _chunks(records, shard_records):
-            done = _shard_paths(out_dir, name, k)[1]
-            if done.exists():
+            shard, done = _shard_paths(out_dir, name, k, ext)
+            if done.exists() and shard.exists():
                 finished(ChunkResult(**json.loads(done.read_text(encoding="utf-8"))), resumed=True)
             else:
                 yield k, chunk
