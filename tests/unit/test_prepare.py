@@ -464,3 +464,49 @@ def test_inspect_reports_and_draws(tmp_path):
     sheet = np.asarray(Image.open(tmp_path / "sheet.png"))
     assert ((sheet[..., 0] == 255) & (sheet[..., 1] == 0)).any()   # a red box was drawn
     assert inspect_main([str(tmp_path / "det.tsv"), "--format", "detection"]) == 1
+
+
+# ------------------------------------------------------ through the finetuning task readers
+
+def test_outputs_build_finetuning_samples(tmp_path, ofa_bpe_dir, monkeypatch):
+    """Converter outputs are what the finetuning tasks (ofa_ds/tasks) read: samples build."""
+    from ofa_ds.config.load import load_config
+    from ofa_ds.tasks import build_task
+
+    monkeypatch.setenv("OFA_DS_CACHE_DIR", str(tmp_path / "cache"))
+    vocab = Vocabulary.from_dir(ofa_bpe_dir)
+    out = tmp_path / "data"
+    imgs = tmp_path / "img"
+    save_scene(imgs / "COCO_val2014_000000000001.jpg", 1)
+    save_scene(imgs / "77.jpg", 2)
+    (tmp_path / "q.json").write_text(json.dumps({"data_subtype": "val2014", "questions": [
+        {"question_id": 5, "image_id": 1, "question": "What color is it"}]}))
+    (tmp_path / "a.json").write_text(json.dumps({"annotations": [
+        {"question_id": 5, "multiple_choice_answer": "red", "answers": [{"answer": "red"}] * 6 + [{"answer": "blue"}] * 4}]}))
+    assert run_prepare("vqa", "--questions", tmp_path / "q.json", "--annotations", tmp_path / "a.json", "--images",
+                       imgs, "--out", out, "--workers", 0, "--min-answer-count", 1, "--keep-all-answers") == 0
+    (tmp_path / "ve.jsonl").write_text(json.dumps({"Flickr30K_ID": "77", "sentence1": "two shapes.",
+                                                   "sentence2": "there are shapes.", "gold_label": "neutral"}) + "\n")
+    assert run_prepare("snli-ve", "--jsonl", tmp_path / "ve.jsonl", "--images", imgs, "--out", out, "--workers", 0) == 0
+    (tmp_path / "rte.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\tA cat sleeps.\tA cat rests.\tentailment\n")
+    assert run_prepare("glue", "--task", "rte", "--tsv", tmp_path / "rte.tsv", "--out", out, "--workers", 0) == 0
+
+    def task(name, train, **options):
+        overrides = {"task.name": name, "data.root": str(out), "data.vocab_dir": str(ofa_bpe_dir),
+                     "model.flavor": "tiny", "train.out_dir": str(tmp_path / "run"), "data.patch_image_size": 64,
+                     "task.train": train, "task.valid": train, **options}
+        return build_task(load_config(None, [f"{k}={v}" for k, v in overrides.items()]), vocab)
+
+    ann, coco = karpathy_layout(tmp_path / "coco")
+    assert run_prepare("coco-captions", "--annotations", ann, "--images", coco, "--out", out, "--workers", 0) == 0
+    s = task("caption", "coco-captions-train-00000.tsv").build_sample("train", 0)
+    assert vocab.decode(s.target[:-1]).strip() == "A red circle"  # the task strips punctuation
+
+    vqa = task("vqa_gen", "vqa-00000.tsv", **{"task.options.ans2label": "ans2label.pkl"})
+    s = vqa.build_sample("train", 0)
+    assert s.ref == {"red": 1.0, "blue": 1.0} and s.patch_image.shape == (3, 64, 64)
+    assert vocab.decode(s.target[s.target != vocab.pad][:-1]).strip() == "red"
+    s = task("snli_ve", "snli-ve-00000.tsv").build_sample("train", 0)
+    assert s.ref == {"maybe": 1.0}
+    s = task("rte", "glue-rte-00000.tsv").build_sample("train", 0)
+    assert s.ref == {"yes": 1.0}
