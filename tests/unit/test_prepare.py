@@ -363,7 +363,7 @@ def test_text_corpus_and_gigaword_read_back(tmp_path, vocab):
 
 # ------------------------------------------------------------------------- image codes
 
-def test_image_codes_infilling_and_text_to_image(tmp_path, vocab):
+def test_image_codes_infilling_and_text_to_image(tmp_path, vocab, one_torch_thread):
     from ofa_ds.vqgan import VQGAN
     from preprocessing.sources.image_codes import square, to_tensor
 
