@@ -111,6 +111,9 @@ class TrainSection:
     (ofa-ds format, with best.json naming the step and metric)."""
     resume: bool = False
     """Continue from out_dir/checkpoints/latest (same losses as an uninterrupted run)."""
+    trust_checkpoint_pickle: bool = False
+    """Resume with full pickle (torch.load weights_only=False), which can run code from the files:
+    only for trusted checkpoints whose types are outside the allow-list (ofa_ds/engine/safe_load.py)."""
     tensorboard: bool = True
     image_log_every: int = 50
     """Steps between TensorBoard images of one input with its target."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ofa_ds.engine.distributed import barrier
+from ofa_ds.engine.safe_load import guard_deepspeed_loads, safe_load
 
 LATEST = "latest"
 
@@ -74,8 +75,11 @@ def _prune(ckpt_dir: Path, keep_last: int, current: str) -> None:
         shutil.rmtree(ckpt_dir / old, ignore_errors=True)
 
 
-def load(engine, ckpt_dir: Path, *, rank: int, world_size: int) -> dict:
-    """Restore the newest complete checkpoint; returns our state (without RNG applied yet)."""
+def load(engine, ckpt_dir: Path, *, rank: int, world_size: int, trusted: bool = False) -> dict:
+    """Restore the newest complete checkpoint; returns our state (without RNG applied yet).
+
+    Every file is read with ``weights_only=True`` (``safe_load.py``); ``trusted`` is the explicit
+    opt-out (``train.trust_checkpoint_pickle``) for trusted legacy files."""
     tag = read_latest(ckpt_dir)
     if tag is None:
         raise ValueError(f"--resume: no complete checkpoint in {ckpt_dir} (no '{LATEST}' file)")
@@ -83,7 +87,8 @@ def load(engine, ckpt_dir: Path, *, rank: int, world_size: int) -> dict:
     if not path.is_file():
         raise ValueError(f"{path} missing: the checkpoint was written by {world_size} ranks? "
                          "Resume with the world size it was saved with")
+    guard_deepspeed_loads(engine, trusted=trusted)
     load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if load_path is None:
         raise ValueError(f"DeepSpeed could not load {ckpt_dir / tag}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return safe_load(path, trusted=trusted)

@@ -162,7 +162,8 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------
     def _resume(self) -> None:
-        ours = ckpt.load(self.engine, self.ckpt_dir, rank=self.rank, world_size=self.world_size)
+        ours = ckpt.load(self.engine, self.ckpt_dir, rank=self.rank, world_size=self.world_size,
+                         trusted=self.cfg.train.trust_checkpoint_pickle)
         self.loader.load_state_dict(ours["data"])
         ckpt.set_rng_state(ours["rng"])
         self.step = ours["step"]
