@@ -64,7 +64,14 @@ def run(argv, *, default_task: str, prog: str) -> int:
         return 2
     if trainer.rank == 0:
         dump_config(cfg, Path(cfg.train.out_dir))
-    trainer.run()
+    from ofa_ds.data.bad_rows import NoGoodRows
+    from ofa_ds.engine.checkpoint import CheckpointSaveError
+
+    try:
+        trainer.run()
+    except (CheckpointSaveError, NoGoodRows) as err:  # faults the run cannot go past: one line, exit 1
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
     if cfg.train.export_format:
         out = trainer.export(Path(cfg.train.out_dir) / "final", format=cfg.train.export_format)
         if out is not None:

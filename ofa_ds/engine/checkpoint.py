@@ -8,9 +8,15 @@ Layout under ``<out_dir>/checkpoints``::
 Each rank writes its own ``ofa_rank{r}.pt`` (data position, RNG of torch/numpy/python,
 step, config). ``latest`` is replaced atomically by rank 0 only after every rank has
 finished writing, so a crash mid-save leaves the previous checkpoint as ``latest``.
+
+A save that fails (a full disk above all) is agreed on by all ranks, the partial ``step_N``
+directory is removed, and :class:`CheckpointSaveError` says what happened and which checkpoint
+is still the latest; ``ofa-ds pretrain|finetune`` print it and exit 1. (If DeepSpeed itself
+fails on one rank between its own collectives, the other ranks can still hang there.)
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -19,10 +25,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ofa_ds.engine.distributed import barrier
+from ofa_ds.engine.distributed import all_reduce_sum, barrier
 from ofa_ds.engine.safe_load import guard_deepspeed_loads, safe_load
 
 LATEST = "latest"
+# A full disk shows as OSError(ENOSPC), as "RuntimeError: write(): fd N failed with No space left
+# on device" (torch's legacy writer, which DeepSpeed uses) or as "[enforce fail at
+# inline_container.cc:...]" with no errno at all (torch's zip writer); so any failed write with
+# less than this much free space left is taken as a full disk.
+LOW_SPACE_BYTES = 64 << 20
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded")
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written; the previous one (named in the message) is intact."""
 
 
 def tag_for(step: int) -> str:
@@ -51,18 +67,76 @@ def read_latest(ckpt_dir: Path) -> str | None:
 
 def _write_latest(ckpt_dir: Path, tag: str) -> None:
     tmp = ckpt_dir / f".{LATEST}.tmp"
-    tmp.write_text(tag + "\n")
-    os.replace(tmp, ckpt_dir / LATEST)  # atomic on POSIX
+    try:
+        tmp.write_text(tag + "\n")
+        os.replace(tmp, ckpt_dir / LATEST)  # atomic on POSIX
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _out_of_space(err: BaseException, where: Path) -> bool:
+    """Whether a failed write means a full disk (call before cleaning up: space comes back)."""
+    chain = err
+    while chain is not None:
+        if isinstance(chain, OSError) and chain.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(chain) for text in _NO_SPACE_TEXT):
+            return True
+        chain = chain.__cause__ or chain.__context__
+    try:
+        return shutil.disk_usage(where).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+def _try(write, ckpt_dir: Path):
+    """Run ``write``; returns None, or (error, out_of_space) when it failed."""
+    try:
+        write()
+        return None
+    except (OSError, RuntimeError) as err:
+        return err, _out_of_space(err, ckpt_dir)
+
+
+def _agree(failure, engine) -> tuple[bool, bool]:
+    """(some rank failed, some rank ran out of space), the same on every rank."""
+    mine = [float(failure is not None), float(failure is not None and failure[1])]
+    failed, no_space = all_reduce_sum(mine, device=getattr(engine, "device", None))
+    return failed > 0, no_space > 0
+
+
+def _abandon(ckpt_dir: Path, tag: str, step: int, previous: str | None, failure, no_space: bool, rank: int):
+    if rank == 0:
+        shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+    barrier()
+    kept = (f"the previous checkpoint {previous} is intact" if previous
+            else "there is no earlier checkpoint") + f" (the partial {tag} was removed)"
+    if no_space:
+        what = f"no space left on {ckpt_dir} while saving step {step}"
+    else:
+        what = f"could not save step {step} to {ckpt_dir}"
+    cause = f": {type(failure[0]).__name__}: {failure[0]}" if failure is not None else " (on another rank)"
+    raise CheckpointSaveError(f"{what}; {kept}{cause}") from (failure[0] if failure is not None else None)
 
 
 def save(engine, ckpt_dir: Path, step: int, ours: dict, *, rank: int, keep_last: int) -> str:
     tag = tag_for(step)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
-    torch.save({**ours, "rng": rng_state(), "step": step}, ckpt_dir / tag / f"ofa_rank{rank}.pt")
-    barrier()  # every rank's files are on disk before the pointer moves
+    previous = read_latest(ckpt_dir)
+
+    def write_files():
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
+        torch.save({**ours, "rng": rng_state(), "step": step}, ckpt_dir / tag / f"ofa_rank{rank}.pt")
+
+    # Every rank's files are on disk (or a rank failed) before the pointer moves; _agree is the barrier.
+    failure = _try(write_files, ckpt_dir)
+    failed, no_space = _agree(failure, engine)
+    if not failed:
+        failure = _try(lambda: _write_latest(ckpt_dir, tag), ckpt_dir) if rank == 0 else None
+        failed, no_space = _agree(failure, engine)
+    if failed:
+        _abandon(ckpt_dir, tag, step, previous, failure, no_space, rank)
     if rank == 0:
-        _write_latest(ckpt_dir, tag)
         _prune(ckpt_dir, keep_last, current=tag)
     barrier()
     return tag

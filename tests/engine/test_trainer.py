@@ -44,6 +44,7 @@ def test_crash_mid_save_keeps_previous_checkpoint(sample_data, tmp_path, monkeyp
         trainer.run()
     monkeypatch.setattr(ckpt.torch, "save", real_save)
     assert ckpt.read_latest(tmp_path / "checkpoints") == "step_00000002"
+    assert not (tmp_path / "checkpoints" / "step_00000004").exists()  # the partial save is removed
     resumed = Trainer(engine_config(sample_data, tmp_path, **{"train.resume": True}))
     assert resumed.step == 2
     assert [h["step"] for h in resumed.run()] == [3, 4]
