@@ -1,9 +1,15 @@
-"""What a run shows people: a progress bar, metrics.jsonl and TensorBoard (rank 0 only)."""
+"""What a run shows people: a progress bar, metrics.jsonl and TensorBoard (rank 0 only).
+
+On resume (``initial_step`` > 0) the records of steps after the checkpoint's step are dropped
+from metrics.jsonl, and TensorBoard purges its events from that step on: the steps replayed
+after a kill are logged once, by the resumed run.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 logger = logging.getLogger("ofa_ds.train")
@@ -18,6 +24,27 @@ def json_line(record: dict) -> str:
     return json.dumps(clean(record), allow_nan=False) + "\n"
 
 
+def truncate_after(path: Path, step: int) -> None:
+    """Keep the records of steps <= ``step`` (atomically); a torn last line from a kill goes too."""
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            record_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            record_step = None
+        if isinstance(record_step, int) and record_step <= step and line.endswith("\n"):
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+        logger.info("resuming at step %d: dropped %d later records from %s", step, dropped, path)
+
+
 TB_SCALARS = ("loss", "lr", "grad_norm", "loss_scale", "samples_per_s", "tokens_per_s", "mfu", "step_time")
 
 
@@ -29,11 +56,14 @@ class MetricsLogger:
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
+        if initial_step > 0:
+            truncate_after(out_dir / "metrics.jsonl", initial_step)
         self.jsonl = open(out_dir / "metrics.jsonl", "a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            purge = {"purge_step": initial_step + 1} if initial_step > 0 else {}
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), **purge)
         if progress:
             from tqdm import tqdm
 

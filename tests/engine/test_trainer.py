@@ -21,11 +21,15 @@ def losses(history):
 
 def test_resume_reproduces_uninterrupted_losses(sample_data, tmp_path):
     full = Trainer(engine_config(sample_data, tmp_path / "full")).run()
-    # "Killed" after step 2 (the checkpoint of step 2 is complete), then --resume to step 4.
-    Trainer(engine_config(sample_data, tmp_path / "split")).run(until_step=2)
+    # "Killed" after step 3 (the checkpoint of step 2 is the latest complete one), then --resume to step 4.
+    Trainer(engine_config(sample_data, tmp_path / "split")).run(until_step=3)
     resumed = Trainer(engine_config(sample_data, tmp_path / "split", **{"train.resume": True})).run()
     assert [h["step"] for h in resumed] == [3, 4]
     assert losses(resumed) == losses(full)[2:]  # bitwise
+    # metrics.jsonl logs the replayed step 3 once: the resumed run dropped the killed run's record.
+    records = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval" not in r] == [1, 2, 3, 4]
+    assert [r["loss"] for r in records if "eval" not in r] == losses(full)
     assert losses(full)[0] > 0 and np.isfinite(losses(full)).all()
 
 
