@@ -52,8 +52,8 @@ class EncodedImage:
 
 @contextmanager
 def strict_decoding():
-    """Make truncated files fail to decode (ofa_ds.data.tsv accepts them, as upstream does at
-    training time; a converter should report them instead)."""
+    """Make truncated files fail to decode, whatever another library set the global to (upstream
+    accepts them at training time; ofa_ds.data.tsv and the converters report them instead)."""
     before = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
