@@ -114,7 +114,8 @@ def _build_to_webdataset(a):
 
 def _build_image_codes(a):
     from preprocessing.sources.image_codes import ImageCodes
-    return ImageCodes(task=a.task, images_root=a.images, captions=a.captions, checkpoint=a.checkpoint,
+    return ImageCodes(task=a.task, images_root=a.images, captions=a.captions, from_tsv=a.from_tsv,
+                      tsv_format=a.format, checkpoint=a.checkpoint,
                       flavor=a.flavor, random_init=a.random_init, trust_checkpoint=a.trust_checkpoint,
                       batch_size=a.batch_size, device=a.device, image_key=a.image_key,
                       text_key=a.text_key), a.task
@@ -199,8 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = kind("image-codes", _build_image_codes,
              "VQ-GAN codes: image-infilling rows (256x256 image, 256 centre codes) or text-to-image rows", images=False)
     p.add_argument("--task", choices=("infilling", "text-to-image"), default="infilling")
-    p.add_argument("--images", required=True, help="image folder (infilling: every image under it)")
+    p.add_argument("--images", help="image folder (infilling: every image under it)")
     p.add_argument("--captions", help="text-to-image: CSV/TSV/JSONL of image name + caption")
+    p.add_argument("--from-tsv", help="take images (and captions) from this ofa-ds TSV instead of a folder")
+    p.add_argument("--format", help="the --from-tsv file's format, e.g. vision-language or caption")
     p.add_argument("--image-key")
     p.add_argument("--text-key")
     p.add_argument("--checkpoint", help="taming-transformers VQ-GAN checkpoint (.ckpt / .pt / .safetensors)")

@@ -6,6 +6,10 @@
 * ``text-to-image`` → ``image-gen`` rows: the 256×256 image's 32×32 = 1024 codes and the
   lowercased caption (spec §5.5), from a captions table as for ``prepare image-text``.
 
+Images come from a folder (``images_root``; text-to-image: with a captions table) or from an
+ofa-ds TSV that already holds them (``from_tsv`` + its format, e.g. OFA's released
+vision-language or caption files; the caption is the format's first non-empty text column).
+
 Images are batched through the VQ-GAN (``ofa_ds.vqgan``) in this process, on CUDA when present.
 The model must be OFA's (gumbel_f8, f = 8) for these code counts; ``random_init`` is for smoke
 tests only.
@@ -21,7 +25,9 @@ from PIL import Image
 from ofa_ds.data.bad_rows import BadRow
 from preprocessing.engine import Converter
 from preprocessing.images import decode, read_file, save, to_b64
-from preprocessing.sources.common import pick, read_table, text_or_bad
+from ofa_ds.data.tsv import decode_base64_image
+from preprocessing.formats import get_format
+from preprocessing.sources.common import pick, read_table, table_record, text_or_bad
 from preprocessing.sources.image_text import IMAGE_KEYS, TEXT_KEYS
 from preprocessing.sources.imagenet import IMAGE_SUFFIXES
 
@@ -47,22 +53,32 @@ class ImageCodes(Converter):
     kind = "image-codes"
     in_process = True  # one model on one device; the engine does not fork workers for it
 
-    def __init__(self, *, task: str = "infilling", images_root, captions=None, checkpoint=None, flavor=None,
-                 random_init: bool = False, trust_checkpoint: bool = False, batch_size: int = 16,
-                 device: str | None = None, image_key=None, text_key=None):
+    def __init__(self, *, task: str = "infilling", images_root=None, captions=None, from_tsv=None,
+                 tsv_format: str | None = None, checkpoint=None, flavor=None, random_init: bool = False,
+                 trust_checkpoint: bool = False, batch_size: int = 16, device: str | None = None,
+                 image_key=None, text_key=None):
         if task not in ("infilling", "text-to-image"):
             raise ValueError(f"task must be infilling or text-to-image, got {task!r}")
-        if task == "text-to-image" and not captions:
-            raise ValueError("text-to-image needs --captions (image name + caption per row)")
+        if (images_root is None) == (from_tsv is None):
+            raise ValueError("give either --images (a folder) or --from-tsv (an ofa-ds TSV with images)")
+        if task == "text-to-image" and images_root is not None and not captions:
+            raise ValueError("text-to-image from a folder needs --captions (image name + caption per row)")
         if not checkpoint and not random_init:
             raise ValueError("pass --checkpoint (a taming-transformers VQ-GAN), or --random-init for a smoke test")
         if batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
         self.task = task
         self.format = "image-infilling" if task == "infilling" else "image-gen"
-        self.images_root = Path(images_root)
-        if not self.images_root.is_dir():
+        self.images_root = Path(images_root) if images_root is not None else None
+        if self.images_root is not None and not self.images_root.is_dir():
             raise ValueError(f"{self.images_root} is not a folder")
+        self.tsv = self.tsv_format = None
+        if from_tsv is not None:
+            from ofa_ds.data.tsv import TSVFile
+            self.tsv_format = get_format(tsv_format or "")
+            if self.tsv_format.image is None:
+                raise ValueError(f"format {self.tsv_format.name} has no image column")
+            self.tsv = TSVFile(from_tsv, num_columns=self.tsv_format.num_columns)
         self.captions = Path(captions) if captions else None
         self.checkpoint, self.flavor, self.random_init = checkpoint, flavor, random_init
         self.trust_checkpoint, self.batch_size = trust_checkpoint, batch_size
@@ -73,6 +89,7 @@ class ImageCodes(Converter):
 
     def settings(self):
         return {"task": self.task, "images_root": str(self.images_root), "captions": str(self.captions),
+                "from_tsv": str(self.tsv.path) if self.tsv else None,
                 "checkpoint": str(self.checkpoint), "flavor": self.flavor, "random_init": self.random_init}
 
     @property
@@ -90,24 +107,30 @@ class ImageCodes(Converter):
         return self._model
 
     def records(self):
-        if self.task == "infilling":
+        if self.tsv is not None:
+            yield from (("tsv", i) for i in range(len(self.tsv)))
+        elif self.task == "infilling":
             for path in sorted(p for p in self.images_root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-                yield str(path.relative_to(self.images_root)), None, None
-            return
-        for line, row in read_table(self.captions):
-            if isinstance(row, BadRow):
-                yield None, row, None
-            else:
-                yield pick(row, self.image_keys), row, line
+                yield "file", str(path.relative_to(self.images_root))
+        else:
+            yield from (("table", item) for item in read_table(self.captions))
 
-    def _load(self, record):
-        rel, row, line = record
-        if isinstance(row, BadRow):
-            raise row
-        if self.task == "infilling":
-            return Path(rel).with_suffix("").as_posix(), square(decode(read_file(self.images_root / rel),
-                                                                       where=self.images_root / rel)), None
-        where = f"{self.captions}:{line + 1}"
+    def _load(self, record) -> tuple[str, Image.Image, str | None]:
+        """(uniq_id, 256x256 image, lowercased caption or None) of one record."""
+        source, item = record
+        if source == "file":
+            path = self.images_root / item
+            return Path(item).with_suffix("").as_posix(), square(decode(read_file(path), where=path)), None
+        if source == "tsv":
+            fields = dict(zip(self.tsv_format.columns, self.tsv.row(item)))
+            where = f"{self.tsv.path}:{item + 1}"
+            image = decode_base64_image(fields[self.tsv_format.image], file=self.tsv.path, row=item, field="image")
+            caption = next((fields[c] for c in self.tsv_format.text if fields.get(c, "").strip()), None)
+            if self.task == "text-to-image":
+                caption = text_or_bad(caption, where, "caption").lower()
+            return fields[self.tsv_format.columns[0]], square(image), caption
+        where, row = table_record(self.captions, item)
+        rel = pick(row, self.image_keys)
         if rel is None:
             raise BadRow(where, None, "image", "no image name", f"none of the columns {self.image_keys}")
         caption = text_or_bad(pick(row, self.text_keys), where, "caption").lower()

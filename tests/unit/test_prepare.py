@@ -388,6 +388,12 @@ def test_image_codes_infilling_and_text_to_image(tmp_path, vocab, one_torch_thre
     (gen,) = rows(out, "image-codes-text-to-image")
     assert gen[0] == "a" and len(gen[1].split()) == 1024 and gen[2] == "a red circle"
     assert not check_row(get_format("image-gen"), gen)[0]
+    # from an ofa-ds TSV that already holds the images (here: caption rows)
+    with open(tmp_path / "cap.tsv", "w") as f:
+        f.write("\t".join(["c1", "9", "Two Shapes", "", base64.b64encode((tmp_path / "img" / "a.jpg").read_bytes()).decode()]) + "\n")
+    assert run_prepare("image-codes", "--task", "text-to-image", "--from-tsv", tmp_path / "cap.tsv", "--format",
+                       "caption", "--out", out, "--name", "from-tsv", "--random-init", "--flavor", "tiny") == 0
+    assert rows(out, "from-tsv") == [["c1", gen[1], "two shapes"]]  # same image, same codes
 
 
 # ---------------------------------------------------------------- resume, processes
