@@ -13,6 +13,7 @@ override from config or tests; ``ofa-ds env`` prints the result.
 | layer_norm       | torch, apex                      | apex, else torch  | torch       |
 | bias_gelu        | eager, triton                    | triton            | eager       |
 | bias_dropout_add | eager, triton                    | triton            | eager       |
+| rel_pos_bias     | embedding, gather                | gather            | embedding   |
 
 The optimizer choice (``optimizer_choice``) and the training wrappers
 (``apply_activation_checkpointing``, ``maybe_compile``) live here too, because they are
@@ -31,6 +32,7 @@ from ofa_ds.kernels.attention import reference_attention, sdpa_attention
 from ofa_ds.kernels.elementwise import (bias_dropout_add_eager, bias_gelu_eager, drop_path_scale,
                                         gelu_fp32)
 from ofa_ds.kernels.optim import optimizer_choice
+from ofa_ds.kernels.relative_bias import embedding_bias, gather_bias
 from ofa_ds.kernels.backends import apex_unavailable, default_device_type, triton_unavailable
 from ofa_ds.kernels.registry import Impl, always, configure, describe, set_impl
 from ofa_ds.kernels.wrap import apply_activation_checkpointing, maybe_compile
@@ -38,7 +40,7 @@ from ofa_ds.kernels.wrap import apply_activation_checkpointing, maybe_compile
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "attention", "layer_norm", "bias_gelu", "bias_dropout_add", "dropout_add", "gelu_fp32",
+    "attention", "layer_norm", "bias_gelu", "bias_dropout_add", "dropout_add", "gelu_fp32", "relative_bias",
     "set_impl", "configure", "describe", "active_impl", "set_attention_impl", "attention_impl",
     "optimizer_choice", "apply_activation_checkpointing", "maybe_compile",
 ]
@@ -103,6 +105,12 @@ registry.register_op("bias_dropout_add", [
          "one Triton pass; Philox mask regenerated in backward, never stored"),
 ], preference={"cuda": ("triton", "eager"), "default": ("eager",)})
 
+registry.register_op("rel_pos_bias", [
+    Impl("embedding", lambda: embedding_bias, always, "F.embedding (its CUDA backward sorts the bucket ids)"),
+    Impl("gather", lambda: gather_bias, always,
+         "index_select with an index_add_ backward: no sort (ofa_ds/kernels/relative_bias.py)"),
+], preference={"cuda": ("gather", "embedding"), "default": ("embedding",)})
+
 
 # -- model-facing entry points ---------------------------------------------------------
 def attention(q_BHqD, k_BHkD, v_BHkD, bias_BHqk=None, key_padding_mask_Bk=None, causal=False,
@@ -110,6 +118,12 @@ def attention(q_BHqD, k_BHkD, v_BHkD, bias_BHqk=None, key_padding_mask_Bk=None, 
     """Attention with OFA's additive bias; queries pre-scaled. Returns [B, H, Tq, D]."""
     fn = registry.get("attention", q_BHqD.device.type)
     return fn(q_BHqD, k_BHkD, v_BHkD, bias_BHqk, key_padding_mask_Bk, causal, dropout_p, training)
+
+
+def relative_bias(table: nn.Module, buckets: torch.Tensor) -> torch.Tensor:
+    """Rows of a relative-position table (an ``Embedding(buckets, H)``-like module) by bucket
+    id: [..., H]."""
+    return registry.get("rel_pos_bias", table.weight.device.type)(table.weight, buckets)
 
 
 def layer_norm(dim: int, eps: float = 1e-5) -> nn.Module:

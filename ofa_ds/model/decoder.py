@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ofa_ds import kernels
 from ofa_ds.model.config import OFAConfig
 from ofa_ds.model.encoder import PositionalStack, position_bias
 from ofa_ds.model.layers import drop_path_rates, DecoderLayer, layer_norm
@@ -75,11 +76,12 @@ class OFADecoder(PositionalStack):
             # text variant is computed for them but never selected, so clamping is harmless.
             t = torch.arange(T, device=self.token_rp_bucket.device).clamp(max=n - 1)
             text_buckets = self.token_rp_bucket[t][:, t]
-        text = self.token_rel_pos_table_list[j](text_buckets).permute(2, 0, 1)[None]
+        text = kernels.relative_bias(self.token_rel_pos_table_list[j], text_buckets).permute(2, 0, 1)[None]
         if code_masks is None:
             return text
         idx = self.image_position_idx[:T]
-        code = self.image_rel_pos_table_list[j](self.image_rp_bucket[idx][:, idx]).permute(2, 0, 1)[None]
+        code = kernels.relative_bias(self.image_rel_pos_table_list[j],
+                                     self.image_rp_bucket[idx][:, idx]).permute(2, 0, 1)[None]
         return _per_sample(code_masks, text, code)
 
     def _embed(self, token_embeddings_BTqd, pos_raw, code_masks):

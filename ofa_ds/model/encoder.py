@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ofa_ds import kernels
 from ofa_ds.model.config import OFAConfig
 from ofa_ds.model.layers import drop_path_rates, EncoderLayer, layer_norm, split_heads
 from ofa_ds.model.position import image_bucket_table, image_position_ids, token_bucket_table
@@ -102,8 +103,8 @@ class OFAEncoder(PositionalStack):
     def layer_bias(self, i: int, abs_bias_BHLL, n_image: int, image_buckets_BNN):
         """Absolute bias plus layer i's relative bias on the image and text blocks."""
         S = abs_bias_BHLL.shape[-1] - n_image
-        text_rel = self.token_rel_pos_table_list[i](self.token_rp_bucket[:S, :S])
-        image_rel = self.image_rel_pos_table_list[i](image_buckets_BNN) if n_image else None
+        text_rel = kernels.relative_bias(self.token_rel_pos_table_list[i], self.token_rp_bucket[:S, :S])
+        image_rel = kernels.relative_bias(self.image_rel_pos_table_list[i], image_buckets_BNN) if n_image else None
         return add_relative_bias(abs_bias_BHLL, text_rel, image_rel)
 
     # -- forward -----------------------------------------------------------------------

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from deepspeed.runtime.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime import utils as ds_utils
 
+from ofa_ds import kernels
 from ofa_ds.model.config import OFAConfig
 from ofa_ds.model.decoder import OFADecoder, _per_sample
 from ofa_ds.model.encoder import OFAEncoder, add_relative_bias
@@ -172,7 +173,8 @@ class EncoderLayerPipe(_Piece):
         x, abs_bias, enc_pos, tgt_emb, enc_pad, image_buckets, text_buckets, prev_tokens, code_masks = inputs
         i, enc = str(self.index), self.encoder
         text_table, image_table = getattr(enc.token_rel_pos_table_list, i), getattr(enc.image_rel_pos_table_list, i)
-        bias = add_relative_bias(abs_bias, text_table(text_buckets), image_table(image_buckets))
+        bias = add_relative_bias(abs_bias, kernels.relative_bias(text_table, text_buckets),
+                                 kernels.relative_bias(image_table, image_buckets))
         x = getattr(enc.layers, i)(x, enc_pad.bool(), bias)
         if not self.last:
             return (x, abs_bias, enc_pos, tgt_emb, enc_pad, image_buckets, text_buckets, prev_tokens, code_masks)
@@ -215,8 +217,8 @@ class DecoderLayerPipe(_Piece):
     def forward(self, inputs):
         y, enc_out, self_abs, cross_abs, enc_pad, self_pad, text_buckets, code_buckets, code_masks = inputs
         j, dec = str(self.index), self.decoder
-        text = getattr(dec.token_rel_pos_table_list, j)(text_buckets).permute(2, 0, 1)[None]
-        code = getattr(dec.image_rel_pos_table_list, j)(code_buckets).permute(2, 0, 1)[None]
+        text = kernels.relative_bias(getattr(dec.token_rel_pos_table_list, j), text_buckets).permute(2, 0, 1)[None]
+        code = kernels.relative_bias(getattr(dec.image_rel_pos_table_list, j), code_buckets).permute(2, 0, 1)[None]
         self_bias = self_abs + _per_sample(code_masks.bool(), text, code)
         y = getattr(dec.layers, j)(y, enc_out, enc_pad.bool(), self_pad.bool(), self_bias, cross_abs)
         if not self.last:
