@@ -44,6 +44,19 @@ class ModelSection:
     """Weight of the load-balancing loss (mean over forwards)."""
     attention_impl: str = "auto"
     """reference | sdpa | triton | auto (the kernel registry's per-device choice; ofa-ds env)."""
+    rel_pos_bias: str = "auto"
+    """Relative-position table lookup: auto (gather on CUDA) | embedding | gather (a scatter-add
+    backward, no sort)."""
+    channels_last: bool = False
+    """ResNet convolutions on NHWC activations (faster cuDNN kernels; same numbers)."""
+    mixed_batchnorm: bool = False
+    """BatchNorm on bf16/fp16 activations with float32 statistics, without the cast copies."""
+    compile: str = "none"
+    """torch.compile regions: none | layers (each encoder/decoder layer) | resnet | all."""
+    cuda_graphs: bool = False
+    """Replay the compiled regions as CUDA graphs (compile mode reduce-overhead; CUDA only)."""
+    cudnn_benchmark: bool = False
+    """cuDNN convolution autotuning (image sizes are fixed per group)."""
 
 
 @dataclass

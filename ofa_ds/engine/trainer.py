@@ -64,6 +64,15 @@ def build_model(cfg: TrainConfig, vocab_size: int):
     return OFAModel(get_flavor(m.flavor, vocab_size=vocab_size, **overrides))
 
 
+def speed_options(m):
+    """The ``model.*`` speed switches as :class:`ofa_ds.kernels.wrap.SpeedOptions`."""
+    from dataclasses import fields
+
+    from ofa_ds.kernels.wrap import SpeedOptions
+
+    return SpeedOptions(**{f.name: getattr(m, f.name) for f in fields(SpeedOptions)})
+
+
 def freeze(model, cfg: TrainConfig) -> list[nn.Module]:
     """Apply the freeze options; returns the BatchNorm modules to keep in eval mode."""
     if cfg.model.freeze_resnet:
@@ -126,6 +135,9 @@ class Trainer:
                                  "does not cover expert linears); use data parallelism with moe_ep_size")
             apply_moe(model, m.moe_layers, m.moe_num_experts, m.moe_top_k, m.moe_capacity_factor,
                       backend=m.moe_backend, ep_size=m.moe_ep_size)
+        from ofa_ds.kernels.wrap import apply_speed_options
+
+        apply_speed_options(model, speed_options(m), "cuda" if torch.cuda.is_available() else "cpu")
         self.model_config = model.config
         return model
 

@@ -10,11 +10,15 @@ them. Order, as in torchtitan: checkpointing first, then compile.
   (eval, incremental decoding) run the plain forward.
 * ``maybe_compile``: ``nn.Module.compile`` per layer (one graph per layer type; the
   embedding code with its data-dependent patch sampling stays eager).
+* ``apply_speed_options``: the speed switches of :class:`SpeedOptions` (relative-bias
+  lookup, channels-last ResNet, mixed-input BatchNorm, regional compile, CUDA graphs, cuDNN
+  autotuning), from ``model.*`` in the training config or ``ofa-ds bench train --variants``.
 """
 from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -65,4 +69,63 @@ def maybe_compile(model: nn.Module, enabled: bool = True, *, backend: str = "ind
     for layer in layers:
         layer.compile(backend=backend, mode=mode, dynamic=dynamic)
     logger.info("torch.compile (%s) on %d layers", backend, len(layers))
+    return model
+
+
+@dataclass
+class SpeedOptions:
+    """Training-speed switches that must not change the numbers (each has a parity test in
+    tests/unit/test_throughput.py; ``ofa-ds bench train`` times each one alone)."""
+
+    rel_pos_bias: str = "auto"
+    """Relative-position table lookup: auto | embedding | gather (no sort in the backward)."""
+    channels_last: bool = False
+    """ResNet convolutions on NHWC activations."""
+    mixed_batchnorm: bool = False
+    """BatchNorm takes bf16/fp16 activations with float32 statistics (no cast copies)."""
+    compile: str = "none"
+    """torch.compile regions: none | layers (each encoder/decoder layer) | resnet | all."""
+    cuda_graphs: bool = False
+    """Compiled regions replay as CUDA graphs (mode reduce-overhead); CUDA only."""
+    cudnn_benchmark: bool = False
+    """cuDNN autotuning of the convolution algorithms (fixed image sizes)."""
+
+    COMPILE_CHOICES = ("none", "layers", "resnet", "all")
+
+    def validate(self) -> None:
+        if self.compile not in self.COMPILE_CHOICES:
+            raise ValueError(f"compile={self.compile!r}; choose from {self.COMPILE_CHOICES}")
+        if self.cuda_graphs and self.compile == "none":
+            raise ValueError("cuda_graphs replays compiled regions: set compile to layers, resnet or all")
+
+
+def compile_mode(options: SpeedOptions, device_type: str) -> str | None:
+    """The torch.compile mode: CUDA graphs exist on CUDA only; elsewhere the default mode."""
+    if options.cuda_graphs and device_type != "cuda":
+        logger.info("cuda_graphs requested on %s: compiling without CUDA graphs", device_type)
+        return None
+    return "reduce-overhead" if options.cuda_graphs else None
+
+
+def apply_speed_options(model: nn.Module, options: SpeedOptions, device_type: str, *,
+                        compile_backend: str = "inductor") -> nn.Module:
+    """Apply ``options`` to an OFAModel in place (after checkpointing; compile comes last).
+    ``compile_backend``: tests use "aot_eager" (same graph capture, no C++/Triton codegen:
+    inductor's first CPU step of the test flavor takes ~3.5 minutes on 2 cores)."""
+    from ofa_ds.kernels import set_impl
+    from ofa_ds.model.resnet import set_mixed_input_batchnorm
+
+    options.validate()
+    set_impl("rel_pos_bias", options.rel_pos_bias)
+    set_mixed_input_batchnorm(options.mixed_batchnorm)
+    resnet = model.encoder.embed_images
+    resnet.use_channels_last(options.channels_last)
+    if device_type == "cuda":
+        torch.backends.cudnn.benchmark = options.cudnn_benchmark
+    mode = compile_mode(options, device_type)
+    if options.compile in ("layers", "all"):
+        maybe_compile(model, backend=compile_backend, mode=mode)
+    if options.compile in ("resnet", "all"):
+        resnet.compile(backend=compile_backend, mode=mode)
+        logger.info("torch.compile on the ResNet (mode %s)", mode or "default")
     return model

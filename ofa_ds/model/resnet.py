@@ -17,7 +17,15 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     Mixed-precision engines cast parameters to bf16/fp16 but leave buffers in float32;
     plain BatchNorm then refuses the mix. Statistics in float32 are also what keeps
-    batch-statistics training stable in low precision. Same names as nn.BatchNorm2d."""
+    batch-statistics training stable in low precision. Same names as nn.BatchNorm2d.
+
+    ``mixed_input`` (class-wide switch, :func:`set_mixed_input_batchnorm`): pass a bf16/fp16
+    activation straight to the kernel with float32 affine parameters and statistics. cuDNN
+    and the CPU kernel accept that mix and compute in float32 internally, so the two
+    full-size activation casts per BatchNorm (the "dtype copies" of the H200 profile) go away;
+    the result is rounded to the input dtype once either way."""
+
+    mixed_input = False
 
     def forward(self, x):
         dtype = self.running_mean.dtype
@@ -25,9 +33,18 @@ class BatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         if self.training:
             self.num_batches_tracked.add_(1)
-        y = F.batch_norm(x.to(dtype), self.running_mean, self.running_var, self.weight.to(dtype),
-                         self.bias.to(dtype), self.training, self.momentum, self.eps)
+        weight, bias = self.weight.to(dtype), self.bias.to(dtype)
+        if self.mixed_input:
+            return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, self.training,
+                                self.momentum, self.eps)
+        y = F.batch_norm(x.to(dtype), self.running_mean, self.running_var, weight, bias, self.training,
+                         self.momentum, self.eps)
         return y.to(x.dtype)
+
+
+def set_mixed_input_batchnorm(enabled: bool) -> None:
+    """Switch every :class:`BatchNorm2d` between the cast-in/cast-out path and mixed input."""
+    BatchNorm2d.mixed_input = bool(enabled)
 
 
 def _bn(channels: int) -> BatchNorm2d:
@@ -81,6 +98,21 @@ class ResNetBackbone(nn.Module):
                 in_ch = planes * Bottleneck.expansion
             setattr(self, f"layer{stage}", nn.Sequential(*layer))
 
+    channels_last = False
+    """Run the convolutions on NHWC activations (``use_channels_last``): the layout tensor
+    cores and cuDNN's fused kernels want. The output is then NHWC as well, which is exactly
+    the [B, h*w, C] patch order the encoder flattens to, so that needs no copy either."""
+
+    def use_channels_last(self, enabled: bool = True) -> "ResNetBackbone":
+        self.channels_last = bool(enabled)
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.data = m.weight.data.contiguous(memory_format=fmt)
+        return self
+
     def forward(self, images_B3HW: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images_B3HW = images_B3HW.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(images_B3HW))))
         return self.layer3(self.layer2(self.layer1(x)))
