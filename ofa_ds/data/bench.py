@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch-vl-rows", type=int, default=8)
     parser.add_argument("--patch-image-size", type=int, default=384)
     parser.add_argument("--code-image-size", type=int, default=128)
+    parser.add_argument("--vl-stages", action="store_true",
+                        help="vision-language rows/s per core before/after the fast paths, and time per stage "
+                             "(ofa_ds/data/bench_stages.py) instead of the mixed loader")
+    parser.add_argument("--jpeg-scale", type=float, default=None,
+                        help="with --vl-stages: re-encode the VL images as JPEG, sides x this (OFA's data is JPEG)")
+    parser.add_argument("--rows", type=int, default=64, help="with --vl-stages: rows per timed pass")
+    parser.add_argument("--rounds", type=int, default=3, help="with --vl-stages: interleaved before/after rounds")
     args = parser.parse_args(argv)
     logging.getLogger("ofa_ds.data").setLevel(logging.WARNING)
     # DataLoader workers run torch single-threaded; do the same in-process so that the
@@ -60,6 +67,16 @@ def main(argv: list[str] | None = None) -> int:
             root = Path(tmp)
             write_sample_data(root, code_image_size=args.code_image_size)
         vocab = Vocabulary.from_dir(root / "vocab")
+        if args.vl_stages:
+            from ofa_ds.data import bench_stages
+
+            if args.jpeg_scale:
+                root = bench_stages.write_jpeg_copy(root, Path(tmp) / "jpeg", args.jpeg_scale)
+            print(f"ofa-ds bench data --vl-stages: {root}, VL {args.patch_image_size} px"
+                  + (f", images re-encoded as JPEG x{args.jpeg_scale:g}" if args.jpeg_scale else ""))
+            bench_stages.print_report(bench_stages.run(root, vocab, size=args.patch_image_size, rows=args.rows,
+                                                       rounds=args.rounds))
+            return 0
         cfg = pretrain_config(root, patch_image_size=args.patch_image_size, code_image_size=args.code_image_size)
         print(f"ofa-ds bench data: {root}, VL {cfg.patch_image_size} px, extras {2 * cfg.code_image_size} px, "
               f"{args.micro_batch_vl_rows} VL rows per micro-batch, torch threads {torch.get_num_threads()}")

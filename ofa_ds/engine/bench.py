@@ -3,7 +3,9 @@
 One pretraining step = the vision-language group (2 samples per row, ``--image-size``,
 ``--sample-patch-num`` patches kept) + the extras group (1 extras set per 8 rows, 256 px)
 forward, OFA's loss, backward and an AdamW step, on synthetic tokens of OFA's lengths.
-No DeepSpeed here: this measures the model and its kernels.
+No DeepSpeed here: this measures the model and its kernels (``--engine model``, the default
+on CPU). ``--engine deepspeed`` (the default on CUDA) runs ``ofa_ds/engine/bench_engine.py``:
+the same step through the DeepSpeed engine, ZeRO 1/2, bf16, micro-batch sweep and profile.
 
 Variants run interleaved (A B A B ...) under one allocator setting, and the medians are
 compared, because a shared CPU host drifts. FLOPs are counted per component
@@ -23,7 +25,7 @@ from ofa_ds.engine.flops import measure_matmul_peak, training_step_flops
 from ofa_ds.model.ofa import OFAModel
 from ofa_ds.tasks.criterion import label_smoothed_cross_entropy
 
-VARIANTS = ("base", "checkpointing", "sdpa", "compile")
+VARIANTS = ("base", "checkpointing", "sdpa", "compile", "rel_gather", "channels_last")
 
 
 def pin_malloc(threshold_bytes: int) -> None:
@@ -55,13 +57,18 @@ def synthetic_batch(vocab: int, rows: int, image: int, extras_image: int, src: i
     return [group(2 * rows, image, None), group(extras, extras_image, False)]
 
 
-def build(variant: str, args, device):
-    from ofa_ds.kernels import set_attention_impl
+def activate(variant: str) -> None:
+    """The process-wide kernel switches of ``variant`` (variants run interleaved)."""
+    from ofa_ds.kernels import set_impl
 
+    set_impl("attention", "sdpa" if variant == "sdpa" else "auto")
+    set_impl("rel_pos_bias", "gather" if variant == "rel_gather" else "auto")
+
+
+def build(variant: str, args, device):
     torch.manual_seed(0)
     model = OFAModel(get_flavor(args.flavor, dropout=0.1, encoder_drop_path_rate=0.1,
                                 decoder_drop_path_rate=0.1)).to(device).train()
-    set_attention_impl("sdpa" if variant == "sdpa" else "auto")
     if variant == "checkpointing":
         from ofa_ds.kernels.wrap import apply_activation_checkpointing
 
@@ -70,6 +77,8 @@ def build(variant: str, args, device):
         from ofa_ds.kernels.wrap import maybe_compile
 
         model = maybe_compile(model)
+    if variant == "channels_last":
+        model.encoder.embed_images.use_channels_last(True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01,
                             fused=device.type == "cuda")
     return model, opt
@@ -88,8 +97,21 @@ def step(model, opt, batch, sample_patch_num):
 
 
 def main(argv=None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--engine", choices=("model", "deepspeed"), default=None)
+    pre.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    known, rest = pre.parse_known_args(argv)
+    engine = known.engine or ("deepspeed" if known.device.startswith("cuda") else "model")
+    if engine == "deepspeed":  # the pretraining step through DeepSpeed, ZeRO 1/2, sweeps, profile
+        from ofa_ds.engine.bench_engine import main as engine_main
+
+        return engine_main(rest + ["--device", known.device])
+    argv = rest + ["--device", known.device]
     p = argparse.ArgumentParser(prog="ofa-ds bench train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engine", choices=("model", "deepspeed"), default="model",
+                   help="model: this bare loop (default on CPU); deepspeed: ofa_ds/engine/bench_engine.py "
+                        "(default on CUDA)")
     p.add_argument("--flavor", default="tiny")
     p.add_argument("--rows", type=int, default=8, help="vision-language rows per step (a multiple of 8)")
     p.add_argument("--image-size", type=int, default=384)
@@ -121,9 +143,11 @@ def main(argv=None) -> int:
     losses = {v: [] for v in variants}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for v in variants:  # warm-up (allocator, compile)
+        activate(v)
         step(*built[v], batch, args.sample_patch_num)
     for _ in range(args.steps):
         for v in variants:
+            activate(v)
             sync()
             t0 = time.perf_counter()
             losses[v].append(step(*built[v], batch, args.sample_patch_num))
@@ -143,4 +167,5 @@ def main(argv=None) -> int:
         med = statistics.median(times[v])
         print(f"{v:<14}{med:>16.3f}{samples / med:>11.2f}{tokens / med:>10.0f}"
               f"{flops['total'] / med / peak:>8.1%}{base / med:>8.2f}x")
+    activate("base")
     return 0

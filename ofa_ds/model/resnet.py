@@ -104,11 +104,10 @@ class ResNetBackbone(nn.Module):
     the [B, h*w, C] patch order the encoder flattens to, so that needs no copy either."""
 
     def use_channels_last(self, enabled: bool = True) -> "ResNetBackbone":
+        # Only the activations change layout: the convolution follows its input's format.
+        # Weights stay contiguous, because DeepSpeed views every parameter as flat bytes
+        # (broadcast, ZeRO buffers), which a channels-last weight refuses.
         self.channels_last = bool(enabled)
-        fmt = torch.channels_last if enabled else torch.contiguous_format
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.data = m.weight.data.contiguous(memory_format=fmt)
         return self
 
     def forward(self, images_B3HW: torch.Tensor) -> torch.Tensor:

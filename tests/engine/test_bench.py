@@ -33,3 +33,26 @@ def test_bench_data_cli(sample_data, capsys):
             "--patch-image-size", "64", "--code-image-size", "32"]
     assert cli_main(args) == 0
     assert "samples/s" in capsys.readouterr().out
+
+
+def test_bench_train_through_the_deepspeed_engine(tmp_path, capsys, one_torch_thread):
+    """The GPU benchmark's code path end to end on CPU: ZeRO-1 A/B of two variants, the
+    profile, the micro-batch sweep, ZeRO-2, and the JSON the results table is made from."""
+    import json
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "train", "--engine", "deepspeed", "--device", "cpu", "--flavors", "test",
+            "--vocab-size", "500", "--image-size", "32", "--extras-image-size", "32", "--sample-patch-num", "2",
+            "--src-len", "8", "--tgt-len", "4", "--extras-tgt-len", "5", "--rows", "8", "--sweep", "16",
+            "--variants", "today,rel_gather", "--sweep-variant", "rel_gather", "--profile", "today",
+            "--zero", "1,2", "--rounds", "1", "--steps", "1", "--warmup", "0", "--profile-steps", "1",
+            "--json", str(out)]
+    assert cli_main(args) == 0
+    text = capsys.readouterr().out
+    assert "each variant alone" in text and "micro-batch sweep" in text and "ZeRO-2" in text
+    result = json.loads(out.read_text())
+    runs = {(r["variant"], r["zero"], r["rows"]) for r in result["runs"]}
+    assert {("today", 1, 8), ("rel_gather", 1, 8), ("rel_gather", 1, 16), ("today", 2, 8),
+            ("rel_gather", 2, 16)} <= runs
+    assert all(r["step_ms"] > 0 and r["mfu"] > 0 and r["flops"]["resnet"] > 0 for r in result["runs"])
+    assert result["profiles"][0]["top"] and result["profiles"][0]["busy_ms"] > 0

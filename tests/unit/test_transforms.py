@@ -112,3 +112,20 @@ def test_one_step_resize_and_crop_equal_the_two_step_transforms():
         slow_img, slow_box = T.object_center_crop(resized, boxes[0], 384)
         diff = np.abs(np.asarray(fast_img, dtype=int) - np.asarray(slow_img, dtype=int))
         assert torch.allclose(fast_box, slow_box) and diff.max() <= 2 and (diff > 0).mean() < 0.01
+
+
+def test_fast_to_tensor_is_bitwise_torchvision():
+    rng = np.random.default_rng(1)
+    for shape in [(384, 384, 3), (37, 53, 3)]:
+        img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+        assert torch.equal(T.to_tensor(img), T.to_tensor_reference(img))
+        imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        assert torch.equal(T.to_tensor(img, *imagenet), T.to_tensor_reference(img, *imagenet))
+    assert T.to_tensor(img).is_contiguous()
+
+
+def test_whole_pixel_translate_is_bitwise_the_affine_warp():
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    for dx, dy in [(7.0, 0), (-7.0, 0), (0, 7.0), (0, -7.0), (2.5, 0)]:
+        warp = T._affine(img, (1, 0, dx, 0, 1, dy))
+        assert np.array_equal(np.asarray(T._translate(img, dx, dy)), np.asarray(warp)), (dx, dy)
