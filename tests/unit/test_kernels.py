@@ -57,7 +57,7 @@ def test_override_and_errors():
 
 def test_describe_lists_every_op_with_a_reason():
     rows = {r["op"]: r for r in kernels.describe("cpu")}
-    assert set(rows) == {"attention", "layer_norm", "bias_gelu", "bias_dropout_add"}
+    assert set(rows) == {"attention", "layer_norm", "bias_gelu", "bias_dropout_add", "rel_pos_bias"}
     assert "apex" in rows["layer_norm"]["candidates"]
     assert rows["layer_norm"]["candidates"]["apex"] != "available"  # no CUDA here
     assert all(r["reason"] for r in rows.values())
