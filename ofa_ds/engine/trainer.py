@@ -139,6 +139,10 @@ class Trainer:
 
         apply_speed_options(model, speed_options(m), "cuda" if torch.cuda.is_available() else "cpu")
         self.model_config = model.config
+        if self.cfg.train.export_format == "hf":
+            from ofa_ds.model.state_dict_adapter import hf_resnet_type
+
+            hf_resnet_type(model.config)  # refuse now, not after training, a model OFA-HF cannot build
         return model
 
     def _build_engine(self, model) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -99,12 +100,15 @@ def interpolate_image_positions(weight: torch.Tensor, bucket_size: int, from_gri
 
 def load_pretrained(path, *, patch_image_size: int | None = None, dtype=torch.float32,
                     config_overrides: dict | None = None):
+    """``dtype=None`` keeps the checkpoint's own dtype (that of its token embedding)."""
     from ofa_ds.model.ofa import OFAModel
 
     path = Path(path)
     fmt = detect_format(path)
     state, config = _read_state_and_config(path, fmt)
     state = sda.tie_embeddings(state, str(path))
+    if dtype is None:
+        dtype = state[sda.TIED_NAMES[0]].dtype
     state = sda.strip_derived_buffers(state, config, str(path))
     if config_overrides:
         config = config.replace(**config_overrides)
@@ -123,6 +127,9 @@ def load_pretrained(path, *, patch_image_size: int | None = None, dtype=torch.fl
 
 
 # --- writing --------------------------------------------------------------------------
+HF_WEIGHTS = ("bin", "safetensors", "both")
+
+
 def _unique_state(model) -> dict:
     """State dict with each tied tensor under one name, contiguous, on CPU."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -131,9 +138,51 @@ def _unique_state(model) -> dict:
     return state
 
 
-def save_pretrained(model, path, format: str = "ofa-ds") -> Path:
+def _unshared(state: dict) -> dict:
+    """safetensors refuses tensors that share memory: later names get their own copy."""
+    seen, out = set(), {}
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        out[k] = v.clone() if key in seen else v
+        seen.add(key)
+    return out
+
+
+def _follow_umask(path: Path) -> None:
+    """safetensors creates files with mode 0600; give them the mode open() would (0666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _save_safetensors(state: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(_unshared(state), path, metadata={"format": "pt"})
+    _follow_umask(path)
+
+
+def hf_state_dict(model) -> dict:
+    """The state dict of OFA-HF's ``OFAModel``: HF names, all three tied embedding names, and
+    the buffers it registers (bucket tables, ``image_position_idx`` with HF's 768-long tail),
+    so that transformers reports no key as missing or newly initialised."""
+    config: OFAConfig = model.config
+    sda.hf_resnet_type(config)  # refuses a ResNet depth OFA-HF cannot build
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    emb = state[sda.TIED_NAMES[0]]
+    for name in sda.TIED_NAMES:
+        state[name] = emb
+    state.update(sda.derived_buffers(config, code_tail=768))
+    return sda.fairseq_to_hf_names(state)
+
+
+def save_pretrained(model, path, format: str = "ofa-ds", *, hf_weights: str = "bin") -> Path:
+    """``hf_weights`` (format hf): ``bin`` (pytorch_model.bin, what OFA-HF's transformers 4.18
+    fork reads), ``safetensors`` (model.safetensors, transformers >= 4.30) or ``both``."""
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose from {FORMATS}")
+    if hf_weights not in HF_WEIGHTS:
+        raise ValueError(f"unknown hf_weights {hf_weights!r}; choose from {HF_WEIGHTS}")
     path = Path(path)
     config: OFAConfig = model.config
     if format == "fairseq":
@@ -161,17 +210,18 @@ def save_pretrained(model, path, format: str = "ofa-ds") -> Path:
         return path
 
     path.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
     if format == "ofa-ds":
-        save_file(_unique_state(model), path / OURS_WEIGHTS, metadata={"format": "pt"})
+        _save_safetensors(_unique_state(model), path / OURS_WEIGHTS)
         (path / OURS_CONFIG).write_text(json.dumps({"format": "ofa-ds", "config": config.to_dict()},
                                                    indent=2) + "\n")
         return path
-    state = sda.fairseq_to_hf_names(_unique_state(model))
-    # The HF port pads the code-position index with 768 fillers (fairseq: 769). The bucket
-    # tables (66 MB) are left out: the HF model builds them in its constructor.
-    state["decoder.image_position_idx"] = sda.derived_buffers(config, code_tail=768)["decoder.image_position_idx"]
-    save_file(state, path / HF_SAFETENSORS, metadata={"format": "pt"})
-    (path / HF_CONFIG).write_text(json.dumps(sda.hf_config(config), indent=2) + "\n")
+    state = hf_state_dict(model)
+    for stale in (HF_BIN, HF_SAFETENSORS):  # a reader must not find weights of an older export
+        (path / stale).unlink(missing_ok=True)
+    if hf_weights in ("bin", "both"):
+        torch.save(state, path / HF_BIN)  # tied names stay one tensor in the file
+    if hf_weights in ("safetensors", "both"):
+        _save_safetensors(state, path / HF_SAFETENSORS)
+    dtype = str(state[sda.TIED_NAMES[0]].dtype).removeprefix("torch.")
+    (path / HF_CONFIG).write_text(json.dumps(sda.hf_config(config, torch_dtype=dtype), indent=2) + "\n")
     return path

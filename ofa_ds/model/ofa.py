@@ -60,8 +60,11 @@ class OFAModel(nn.Module):
 
         return load_pretrained(path, **kwargs)
 
-    def save_pretrained(self, path: str | Path, format: str = "ofa-ds") -> Path:
-        """Write ``format`` = ``ofa-ds`` | ``hf`` (directories) or ``fairseq`` (a ``.pt``)."""
+    def save_pretrained(self, path: str | Path, format: str = "ofa-ds", **kwargs) -> Path:
+        """Write ``format`` = ``ofa-ds`` | ``hf`` (directories) or ``fairseq`` (a ``.pt``).
+
+        kwargs: ``hf_weights`` = ``bin`` (default) | ``safetensors`` | ``both`` for ``hf``.
+        """
         from ofa_ds.model.checkpoint import save_pretrained
 
-        return save_pretrained(self, path, format=format)
+        return save_pretrained(self, path, format=format, **kwargs)

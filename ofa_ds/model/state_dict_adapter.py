@@ -199,7 +199,7 @@ def fairseq_cfg(cfg: OFAConfig) -> dict:
         token_bucket_size=cfg.token_bucket_size, image_bucket_size=cfg.image_bucket_size,
         max_source_positions=cfg.max_positions, max_target_positions=cfg.max_positions,
         code_image_size=cfg.code_image_size, activation_fn="gelu",
-        resnet_type=RESNET_TYPES.get(cfg.resnet_layers, "resnet152"),
+        resnet_type=_fairseq_resnet_type(cfg),
         dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
         activation_dropout=cfg.activation_dropout, encoder_drop_path_rate=cfg.encoder_drop_path_rate,
         decoder_drop_path_rate=cfg.decoder_drop_path_rate, resnet_drop_path_rate=cfg.resnet_drop_path_rate,
@@ -211,7 +211,26 @@ def fairseq_cfg(cfg: OFAConfig) -> dict:
     return {"model": model_args, "task": task, "criterion": {"_name": "adjust_label_smoothed_cross_entropy"}}
 
 
-def hf_config(cfg: OFAConfig) -> dict:
+def hf_resnet_type(cfg: OFAConfig) -> str:
+    """OFA-HF builds its ResNet from a name; a depth it has no name for cannot be written."""
+    layers = tuple(cfg.resnet_layers)
+    if layers in RESNET_TYPES:
+        return RESNET_TYPES[layers]
+    known = ", ".join(f"{name} {layers}" for layers, name in RESNET_TYPES.items())
+    raise ValueError(f"this model's ResNet has {layers} blocks per stage; OFA-HF builds only "
+                     f"{known} (resnet_type), so it would load this checkpoint with the ResNet's weights "
+                     "missing. Write it --to ofa-ds or --to fairseq instead (ofa-ds reads the depth from the "
+                     "weights).")
+
+
+def _fairseq_resnet_type(cfg: OFAConfig) -> str:
+    # Upstream OFA refuses an unknown resnet_type (NotImplementedError) instead of building a
+    # wrong one; ofa-ds reads the depth from the weights and ignores the name.
+    layers = tuple(cfg.resnet_layers)
+    return RESNET_TYPES.get(layers) or "custom_" + "_".join(map(str, layers))
+
+
+def hf_config(cfg: OFAConfig, torch_dtype: str = "float32") -> dict:
     return {
         "model_type": "ofa", "architectures": ["OFAModel"], "vocab_size": cfg.vocab_size,
         "max_position_embeddings": cfg.max_positions, "d_model": cfg.embed_dim,
@@ -233,11 +252,11 @@ def hf_config(cfg: OFAConfig) -> dict:
         "layernorm_embedding": cfg.layernorm_embedding,
         "patch_layernorm_embedding": cfg.patch_layernorm_embedding,
         "code_layernorm_embedding": cfg.code_layernorm_embedding,
-        "resnet_type": RESNET_TYPES.get(cfg.resnet_layers, "resnet152"), "resnet_model_path": None,
+        "resnet_type": hf_resnet_type(cfg), "resnet_model_path": None,
         "token_bucket_size": cfg.token_bucket_size, "image_bucket_size": cfg.image_bucket_size,
         "add_type_embedding": cfg.add_type_embedding, "share_decoder_input_output_embed": True,
         "attn_scale_factor": cfg.attn_scale_factor, "code_image_size": cfg.code_image_size,
-        "entangle_position_embedding": False, "torch_dtype": "float32",
+        "entangle_position_embedding": False, "torch_dtype": torch_dtype,
         # Not HF fields; carried so that ofa-ds -> HF -> ofa-ds keeps everything.
         "ofa_ds": {"patch_image_size": cfg.patch_image_size, "num_bins": cfg.num_bins,
                    "code_dict_size": cfg.code_dict_size, "resnet_layers": list(cfg.resnet_layers),
