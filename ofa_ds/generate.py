@@ -27,7 +27,8 @@ def parse_args(argv):
     p.add_argument("--checkpoint", required=True, help="fairseq .pt, OFA-HF or ofa-ds directory")
     p.add_argument("--vocab", required=True, help="vocabulary directory (dict.txt + BPE files)")
     p.add_argument("--image", required=True)
-    p.add_argument("--prompt", default=" what does the image describe?")
+    p.add_argument("--prompt", default=" what does the image describe?",
+                   help="source text; literal <bin_i>, <code_i>, <mask> in it are those symbols")
     p.add_argument("--patch-image-size", type=int, default=None,
                    help="image side (default: the checkpoint's patch_image_size)")
     p.add_argument("--beam", type=int, default=5)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     model = model.to(args.device).eval()
     vocab = Vocabulary.from_dir(args.vocab)
 
-    src = vocab.encode_line(args.prompt)[None].to(args.device)                       # [1, S]
+    src = vocab.encode_line(args.prompt, parse_symbols=True)[None].to(args.device)  # [1, S]; <bin_i> etc. meant
     image = load_image(args.image, model.config.patch_image_size)[None].to(args.device)
     config = GenerationConfig(
         beam=args.beam, max_len_a=args.max_len_a, max_len_b=args.max_len_b, min_len=args.min_len,

@@ -13,6 +13,26 @@ symbol is looked up in the dictionary. The dictionary order *is* the id assignme
 
 so ``dict index != tokenizer id``. For OFA's GPT-2 files that gives 59,457 entries, for the
 Chinese files 30,325.
+
+Text with ``<mask>``, ``<code_k>`` or ``<bin_k>`` in it: which encoding to call.
+
+* **Dataset text** (captions, questions, answers, pure text, category names, and prompts built
+  around them): ``encode(text)`` / ``encode_line(text)``, the default ``parse_symbols=False``.
+  The whole string goes through the tokenizer as characters, as OFA's ``encode_text`` does, so a
+  literal ``"<mask>"`` inside a caption is ``Ġ< mask >``, never the mask id.
+* **Prompts whose symbols are meant** (a user's grounded-captioning prompt ``"... region:
+  <bin_12> <bin_40> ..."``, a hand-written prompt with ``<mask>``): ``parse_symbols=True``.
+  Literal symbols become their single ids and absorb the whitespace before them, as the HF
+  tokenizer's ``<mask>`` does.
+* **Symbols only** (``"<bin_1> <bin_2> <bin_3> <bin_4>"``): ``encode_line(s, use_bpe=False)``,
+  OFA's ``use_bpe=False``: each space-separated symbol is looked up.
+* Code that has the ids already (boxes, image codes) should append ids (``bins_for_box``,
+  ``code_id``) rather than write symbols into text.
+
+BERT-CN (OFA-CN): BERT's own ``[PAD] [UNK] [CLS] [SEP] [MASK]`` written in text stay whole tokens
+(case-sensitive, as BertTokenizer's never-split list), and decoding applies BERT's cleanup to the
+joined string (``giraffe ' s`` -> ``giraffe's``). OFA-CN's text normaliser is
+``ofa_ds.data.streams.common.pre_chinese``.
 """
 from __future__ import annotations
 
@@ -57,6 +77,20 @@ def _gpt2_tokenizer(encoder_json: Path, vocab_bpe: Path) -> Tokenizer:
     return tok
 
 
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+# BERT's clean-up of decoded text (transformers' clean_up_tokenization), applied to the joined
+# string: a per-token clean-up never sees " ' s" as one piece.
+_BERT_CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                 (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def bert_cleanup(text: str) -> str:
+    for before, after in _BERT_CLEANUP:
+        text = text.replace(before, after)
+    return text
+
+
 def _bert_tokenizer(vocab_txt: Path) -> Tokenizer:
     tok = Tokenizer(models.WordPiece.from_file(str(vocab_txt), unk_token="[UNK]"))
     # Uncased BERT (do_lower_case=True), as OFA-CN's BertTokenizer.
@@ -64,7 +98,10 @@ def _bert_tokenizer(vocab_txt: Path) -> Tokenizer:
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
     )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    # BertTokenizer never splits its special tokens (matched before lowercasing, so only in
+    # capitals); special added tokens are matched on the raw text here too.
+    tok.add_special_tokens([t for t in BERT_SPECIALS if tok.token_to_id(t) is not None])
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # cleanup: bert_cleanup on the string
     return tok
 
 
@@ -207,14 +244,18 @@ class Vocabulary:
         ids = self._tok.encode(text, add_special_tokens=False).ids
         return self._tok_to_dict[ids].tolist()
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, *, parse_symbols: bool = False) -> list[int]:
         """OFA's ``encode_text`` without bos/eos: tokenizer, then dictionary lookup.
 
         The text is taken as is: no lowercasing and no added leading space (OFA's prompts and
-        targets carry their own leading space, spec §1.3). Literal ``<mask>``, ``<code_k>``
-        and ``<bin_k>`` in the text become their single ids and swallow the whitespace before
+        targets carry their own leading space, spec §1.3). By default every character goes
+        through the tokenizer, as OFA encodes dataset text: ``' a <mask>'`` is ``Ġa Ġ< mask >``.
+        ``parse_symbols=True`` (prompts that mean their symbols): literal ``<mask>``,
+        ``<code_k>`` and ``<bin_k>`` become their single ids and swallow the whitespace before
         them, so ``' cat <mask> on'`` encodes as ``Ġcat <mask> Ġon``.
         """
+        if not parse_symbols:
+            return self._encode_plain(text)
         ids: list[int] = []
         pos = 0
         for m in _ADDED_SYMBOL_RE.finditer(text):
@@ -229,7 +270,7 @@ class Vocabulary:
 
     def encode_line(self, text: str, *, add_bos: bool = True, add_eos: bool = True,
                     max_words: int | None = None, max_tokens: int | None = None,
-                    use_bpe: bool = True) -> torch.LongTensor:
+                    use_bpe: bool = True, parse_symbols: bool = False) -> torch.LongTensor:
         """Encode one sample field the way OFA datasets do: ``[bos ; tokens ; eos]``.
 
         * ``max_words``: keep the text up to the end of its ``max_words``-th whitespace-separated
@@ -237,6 +278,9 @@ class Vocabulary:
         * ``max_tokens``: keep the first N tokens before bos/eos (``encode_text(length=N)``).
         * ``use_bpe=False``: the text is already space-separated dictionary symbols (e.g.
           ``"<bin_1> <bin_2> <bin_3> <bin_4>"``); each is looked up, missing ones become unk.
+        * ``parse_symbols=True``: literal ``<mask>``/``<code_k>``/``<bin_k>`` are single ids
+          (for prompts; see :meth:`encode` and the module docstring). Default: OFA's
+          character-level encoding of dataset text.
 
         Lowercasing and stripping belong to the dataset's normalizers (spec §2.3), not here.
         """
@@ -246,7 +290,7 @@ class Vocabulary:
             words = list(re.finditer(r"\S+", text))
             if len(words) > max_words:
                 text = text[: words[max_words - 1].end()] if max_words else ""
-        ids = self.encode(text) if use_bpe else [self.index(s) for s in text.split()]
+        ids = self.encode(text, parse_symbols=parse_symbols) if use_bpe else [self.index(s) for s in text.split()]
         if max_tokens is not None:
             if max_tokens < 0:
                 raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
@@ -271,5 +315,8 @@ class Vocabulary:
             if i in (self.bos, self.pad):
                 continue
             pieces.append(self._pieces[i])
-        return self._tok.decoder.decode(pieces) if pieces else ""
+        if not pieces:
+            return ""
+        text = self._tok.decoder.decode(pieces)
+        return bert_cleanup(text) if self.kind == "bert" else text
 

@@ -50,7 +50,9 @@ def test_build_vocab_writes_ofa_layout(corpus, tmp_path):
     for text in (" a man riding a horse", " unseen zebra naïve 你好 🙂", " cat <mask> on <bin_3>"):
         ids = vocab.encode_line(text)
         assert vocab.unk not in ids.tolist()
-        assert vocab.decode(ids) == text.replace(" <", "<")  # added symbols swallow the space
+        assert vocab.decode(ids) == text  # dataset text: symbols are characters, spaces kept
+        prompt = vocab.encode_line(text, parse_symbols=True)
+        assert vocab.decode(prompt) == text.replace(" <", "<")  # parsed symbols swallow the space
 
 
 def test_cli_dispatch_and_bad_vocab_size(corpus, tmp_path, capsys):

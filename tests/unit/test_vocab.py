@@ -69,9 +69,11 @@ def test_encode_matches_golden_inputs(vocab, golden_dir, batch, sample):
     prev = _unpad(inputs[f"{batch}.prev_output_tokens"][sample])
     target = _unpad(inputs[f"{batch}.target"][sample])
 
-    assert vocab.encode_line(src_text).tolist() == src
-    assert vocab.encode_line(tgt_text, add_eos=False).tolist() == prev
-    assert vocab.encode_line(tgt_text, add_bos=False).tolist() == target
+    # OFA built these samples from ids (mask spans, bins, codes); as text they are prompts
+    # whose symbols are meant.
+    assert vocab.encode_line(src_text, parse_symbols=True).tolist() == src
+    assert vocab.encode_line(tgt_text, add_eos=False, parse_symbols=True).tolist() == prev
+    assert vocab.encode_line(tgt_text, add_bos=False, parse_symbols=True).tolist() == target
 
 
 def test_spec_worked_example(vocab):
@@ -111,12 +113,13 @@ def test_encode_line_options(vocab):
         vocab.encode_line(text, max_words=-1)
 
 
-def test_added_symbols_inside_text(vocab):
-    # <mask>/<code_k>/<bin_k> are whole tokens that swallow the whitespace before them.
-    assert vocab.encode(" a <mask> b") == vocab.encode(" a") + [vocab.mask] + vocab.encode(" b")
-    assert vocab.encode("<bin_3><code_5>") == [vocab.bin_id(3), vocab.code_id(5)]
+def test_added_symbols_inside_prompts(vocab):
+    # parse_symbols: <mask>/<code_k>/<bin_k> are whole tokens that swallow the whitespace before them.
+    enc = lambda text: vocab.encode(text, parse_symbols=True)
+    assert enc(" a <mask> b") == vocab.encode(" a") + [vocab.mask] + vocab.encode(" b")
+    assert enc("<bin_3><code_5>") == [vocab.bin_id(3), vocab.code_id(5)]
     # Not a symbol of this dictionary (only 1000 bins): stays ordinary text.
-    assert max(vocab.encode(" <bin_1000>")) < vocab.mask
+    assert max(enc(" <bin_1000>")) < vocab.mask
     # No lowercasing in the tokenizer (dataset normalizers do it): GPT-2 BPE is cased.
     assert vocab.encode(" Cat") != vocab.encode(" cat")
 
@@ -165,6 +168,6 @@ def test_bert_cn_layout(vocab_cn):
     assert v.encode("你好") == [876, 1966]
     assert v.encode("HELLO") == v.encode("hello")  # uncased
     assert v.encode_line("你好", add_bos=True).tolist() == [0, 876, 1966, 2]
-    assert v.decode(v.encode_line("你好 <mask>")) == "你 好 <mask>"
+    assert v.decode(v.encode_line("你好 <mask>", parse_symbols=True)) == "你 好 <mask>"
     ws = v.is_word_start()
     assert ws[876] and not ws[v.index("##s")]

@@ -12,7 +12,7 @@ rows to read and what to do with bad ones.
 from ofa_ds.data.streams.common import (
     EXTRAS_CONF, PROMPT_CAPTION, PROMPT_DETECTION, PROMPT_GROUNDED_CAPTION, PROMPT_GROUNDING,
     PROMPT_IMAGE_INFILLING, PROMPT_ITM_CAPTION, PROMPT_ITM_QA, PROMPT_TEXT_INFILLING, STREAM_IDS,
-    Sample, pre_caption, pre_question, sample_rng, seq2seq,
+    Sample, pre_caption, pre_chinese, pre_question, sample_rng, seq2seq,
 )
 from ofa_ds.data.streams.detection import DetectionStream
 from ofa_ds.data.streams.image_infilling import ImageInfillingStream
@@ -22,7 +22,7 @@ from ofa_ds.data.streams.vision_language import NegativeSamples, VisionLanguageS
 __all__ = [
     "EXTRAS_CONF", "PROMPT_CAPTION", "PROMPT_DETECTION", "PROMPT_GROUNDED_CAPTION", "PROMPT_GROUNDING",
     "PROMPT_IMAGE_INFILLING", "PROMPT_ITM_CAPTION", "PROMPT_ITM_QA", "PROMPT_TEXT_INFILLING", "STREAM_IDS",
-    "Sample", "pre_caption", "pre_question", "sample_rng", "seq2seq",
+    "Sample", "pre_caption", "pre_chinese", "pre_question", "sample_rng", "seq2seq",
     "DetectionStream", "ImageInfillingStream", "TextInfillingStream", "whole_word_span_mask",
     "NegativeSamples", "VisionLanguageStream",
 ]

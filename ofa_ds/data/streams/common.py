@@ -12,6 +12,7 @@ differs from upstream OFA).
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -93,6 +94,24 @@ def pre_question(question: str, max_words: int | None = None) -> str:
     """As :func:`pre_caption` without the ``<person>`` rule; no ``?`` is added."""
     text = question.lower().lstrip(_LEADING).replace("-", " ").replace("/", " ")
     return _normalise(text, max_words)
+
+
+# OFA-CN's pre_chinese means to blank these out, but calls str.replace with each whole string
+# (never found in text), so upstream it changes nothing (spec §10.8).
+_PUNCT_ZH = "，。？！、；：“”‘’（）《》【】…—～·「」"
+_PUNCT_EN = string.punctuation
+
+
+def pre_chinese(text: str, max_chars: int | None = None, *, remove_punctuation: bool = False) -> str:
+    """OFA-CN's text normaliser (BERT-CN tasks): lowercase, collapse whitespace runs to one space,
+    strip, keep the first ``max_chars`` **characters** (Chinese has no word spaces; upstream
+    slices the string). ``remove_punctuation=True`` blanks Chinese and ASCII punctuation, what
+    upstream's (inert) replace intends; off by default for parity with OFA-CN's checkpoints."""
+    text = text.lower()
+    if remove_punctuation:
+        text = text.translate({ord(c): " " for c in _PUNCT_ZH + _PUNCT_EN})
+    text = _SPACES.sub(" ", text).rstrip("\n").strip(" ")
+    return text[:max_chars] if max_chars is not None else text
 
 
 def check_columns(tsv, fields: tuple[str, ...], stream: str) -> None:
