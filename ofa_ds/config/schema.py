@@ -128,6 +128,9 @@ class TrainSection:
     """Resume with full pickle (torch.load weights_only=False), which can run code from the files:
     only for trusted checkpoints whose types are outside the allow-list (ofa_ds/engine/safe_load.py)."""
     tensorboard: bool = True
+    wandb_project: str | None = None
+    """Also log to Weights & Biases under this project (needs `pip install wandb`; not imported
+    unless set). The run is named after out_dir; WANDB_MODE=offline etc. work as usual."""
     image_log_every: int = 50
     """Steps between TensorBoard images of one input with its target."""
     progress_bar: bool = True

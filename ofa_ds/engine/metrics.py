@@ -1,4 +1,5 @@
-"""What a run shows people: a progress bar, metrics.jsonl and TensorBoard (rank 0 only).
+"""What a run shows people: a progress bar, metrics.jsonl, TensorBoard and, when
+``train.wandb_project`` is set, Weights & Biases (rank 0 only; wandb is imported only then).
 
 On resume (``initial_step`` > 0) the records of steps after the checkpoint's step are dropped
 from metrics.jsonl, and TensorBoard purges its events from that step on: the steps replayed
@@ -13,6 +14,7 @@ import os
 from pathlib import Path
 
 logger = logging.getLogger("ofa_ds.train")
+
 
 def json_line(record: dict) -> str:
     """One strict-JSON line: NaN and infinities (not JSON) are written as null."""
@@ -48,16 +50,33 @@ def truncate_after(path: Path, step: int) -> None:
 TB_SCALARS = ("loss", "lr", "grad_norm", "loss_scale", "samples_per_s", "tokens_per_s", "mfu", "step_time")
 
 
+def train_scalars(out: dict) -> dict[str, float]:
+    """The per-step scalars under their dashboard names (the same in TensorBoard and W&B)."""
+    keys = [*TB_SCALARS, *sorted(k for k in out if k.endswith("_loss"))]
+    return {f"train/{k}": out[k] for k in keys if k in out}
+
+
+def start_wandb(project: str, out_dir: Path, run_config: dict | None):
+    try:
+        import wandb
+    except ImportError as err:
+        raise ValueError(f"train.wandb_project={project!r} needs the wandb package: pip install wandb "
+                         "(or leave train.wandb_project unset)") from err
+    return wandb.init(project=project, dir=str(out_dir), config=run_config, name=out_dir.name)
+
+
 class MetricsLogger:
     def __init__(self, out_dir: Path, *, enabled: bool, tensorboard: bool, progress: bool, total_steps: int,
-                 initial_step: int = 0):
+                 initial_step: int = 0, wandb_project: str | None = None, run_config: dict | None = None):
         self.enabled = enabled
-        self.writer = self.bar = self.jsonl = None
+        self.writer = self.bar = self.jsonl = self.wandb = None
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         if initial_step > 0:
             truncate_after(out_dir / "metrics.jsonl", initial_step)
+        if wandb_project:
+            self.wandb = start_wandb(wandb_project, out_dir, run_config)
         self.jsonl = open(out_dir / "metrics.jsonl", "a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -74,12 +93,12 @@ class MetricsLogger:
             return
         self.jsonl.write(json_line({"step": step, **out}))
         self.jsonl.flush()
+        scalars = train_scalars(out)
         if self.writer is not None:
-            for key in TB_SCALARS:
-                self.writer.add_scalar(f"train/{key}", out[key], step)
-            for key, value in out.items():
-                if key.endswith("_loss"):
-                    self.writer.add_scalar(f"train/{key}", value, step)
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{out['lr']:.2e}",
@@ -100,6 +119,8 @@ class MetricsLogger:
         if self.writer is not None:
             for k, v in metrics.items():
                 self.writer.add_scalar(f"eval/{k}", v, step)
+        if self.wandb is not None:
+            self.wandb.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
         logger.info("eval at step %d: %s", step, metrics)
 
     def close(self) -> None:
@@ -109,3 +130,5 @@ class MetricsLogger:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -286,7 +286,8 @@ class Trainer:
 
         t = self.cfg.train
         metrics = MetricsLogger(self.out_dir, enabled=self.rank == 0, tensorboard=t.tensorboard,
-                                progress=t.progress_bar, total_steps=t.max_steps, initial_step=self.step)
+                                progress=t.progress_bar, total_steps=t.max_steps, initial_step=self.step,
+                                wandb_project=t.wandb_project, run_config=to_dict(self.cfg))
         peak = measure_matmul_peak(self.engine.device, self.float_dtype or torch.float32)
         batches = self._batches()
         self._train_mode()

@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from ofa_ds.data.streams import pre_chinese
 from ofa_ds.data.vocab import Vocabulary
 
 
@@ -80,6 +79,8 @@ def test_bert_cn_decode_cleans_up_the_joined_string(vocab_cn, text, expected):
 
 
 def test_pre_chinese_is_ofa_cns_normaliser():
+    from ofa_ds.data.streams import pre_chinese
+
     assert pre_chinese("  两只 长颈鹿  在\n\n吃草。  ", 5) == "两只 长颈"  # characters, not words
     assert pre_chinese("ABC  Def\n") == "abc def"
     # Upstream's punctuation replace is inert; the named option does what it meant.
