@@ -9,7 +9,6 @@ sharding, resume and bad-record counting.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 

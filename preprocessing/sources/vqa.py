@@ -15,7 +15,7 @@ out-of-set answer an infinite loss); a question with none left is skipped, unles
 """
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 from ofa_ds.data.bad_rows import BadRow
