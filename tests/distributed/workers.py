@@ -279,6 +279,9 @@ def pp_parity(rank: int, world: int, ckpt_dir: str, tp: int) -> dict:
     saved = tied.detach().clone()
     with torch.no_grad():
         tied.add_(1.0)
+    from ofa_ds.engine.safe_load import guard_deepspeed_loads
+
+    guard_deepspeed_loads(engine)  # the pipeline's layer files load with weights_only=True too
     engine.load_checkpoint(ckpt_dir, tag="t")
     assert torch.equal(tied.detach(), saved), "tied embedding not restored from the checkpoint"
 
