@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ofa_ds.data.bad_rows import BadRow, BadRowPolicy
+from ofa_ds.data.bad_rows import BadRow, BadRowPolicy, NoGoodRows
 from ofa_ds.data.collate import collate
 from ofa_ds.data.sharding import EpochOrder, ShardCursor
 from ofa_ds.data.streams.common import Sample
@@ -93,9 +93,11 @@ class SampleLoader:
                 try:
                     samples.append(self.build(i))
                 except BadRow as err:
+                    self.policy.set_epoch(self.cursor.epoch)  # a bad row counts once per epoch
                     self.policy.record(err)
                     if tried > 4 * self.cursor.rows_per_epoch + self.batch_size and not samples:
-                        raise ValueError(f"{self.path}: no usable row found (every row was bad)") from err
+                        raise NoGoodRows(f"{self.path}: no usable row found (every row was bad); first bad row "
+                                         f"of each reason: {self.policy.first(err.file)}") from err
             yield self.collate_fn(samples)
 
     def state_dict(self) -> dict:

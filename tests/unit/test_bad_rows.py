@@ -172,3 +172,17 @@ def test_a_malformed_type2ans_json_names_the_file(data, tmp_path, content, match
         NegativeSamples.from_dir(str(negative))
     assert str(negative / "type2ans.json") in str(info.value)
     json.loads((data[0] / "pretrain" / "negative_sample" / "type2ans.json").read_text())  # the original is fine
+
+
+def test_a_finetuning_split_without_a_good_row_is_fatal_naming_the_reason():
+    from ofa_ds.tasks.data import SampleLoader
+
+    def build(i):
+        raise BadRow("train.tsv", i, "image", "undecodable image", "truncated")
+
+    loader = SampleLoader(6, build, collate_fn=list, batch_size=2, rank=0, world_size=1, seed=0,
+                          policy=BadRowPolicy(), path="train.tsv")
+    with pytest.raises(NoGoodRows, match=r"train.tsv: no usable row found .*field 'image': undecodable image"):
+        next(iter(loader))
+    per_epoch = [c["train.tsv"]["undecodable image"] for c in loader.policy.state_dict()["counts"].values()]
+    assert len(per_epoch) > 1 and all(n <= 6 for n in per_epoch)  # once per row per epoch, 6 rows
