@@ -2,8 +2,8 @@
 
 Each question's ten human answers become OFA's ``conf|!+answer`` items, best first, with the
 soft VQA accuracy as confidence: an answer given by n annotators scores min(1, 0.3·n), i.e.
-0.3 / 0.6 / 0.9 / 1.0 -- the values in OFA's released TSVs. Answers are normalised lightly
-(lowercase, single spaces, no trailing period).
+0.3 / 0.6 / 0.9 / 1.0 -- the values in OFA's released TSVs. Answers are normalised as the VQA
+evaluation does (:func:`normalise_answer`), so that they match OFA's candidate keys.
 
 The candidate set: with ``ans2label`` given (a pickle or JSON ``{answer: index}``, e.g. the one
 built from the training split), it is used as is; otherwise it is built from these annotations:
@@ -15,6 +15,7 @@ out-of-set answer an infinite loss); a question with none left is skipped, unles
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -24,8 +25,29 @@ from preprocessing.sources.common import (
 )
 
 
+# The VQA evaluation's answer normalisation (also what OFA's trainval_ans2label keys went
+# through): punctuation, number words to digits, no articles, commas dropped.
+_PUNCTUATION = ";/[]\"{}()=+\\_-><@`,?!"
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))} | {"none": "0"}
+_ARTICLES = {"a", "an", "the"}
+_DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
+_LONE_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
+
+
 def normalise_answer(answer: str) -> str:
-    return " ".join(str(answer).lower().split()).rstrip(".").strip()
+    """Lowercase; a punctuation mark next to a space (or any, in a number like 1,000) is dropped,
+    otherwise it becomes a space; periods outside numbers go; number words become digits;
+    articles go; commas go. (The evaluation's contraction table is not applied.)"""
+    text = " ".join(str(answer).lower().replace("\n", " ").replace("\t", " ").split())
+    for p in _PUNCTUATION:
+        if f"{p} " in text or f" {p}" in text or _DIGIT_COMMA_DIGIT.search(text):
+            text = text.replace(p, "")
+        else:
+            text = text.replace(p, " ")
+    text = _LONE_PERIOD.sub("", text)
+    words = [_NUMBER_WORDS.get(w, w) for w in text.split()]
+    return " ".join(w for w in words if w not in _ARTICLES).replace(",", "")
 
 
 def soft_scores(answers: list[str]) -> dict[str, float]:

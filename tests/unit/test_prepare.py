@@ -152,6 +152,14 @@ def test_official_caption_annotations(tmp_path):
 
 # --------------------------------------------------------------------------------------- VQA
 
+def test_answer_normalisation_is_vqas():
+    from preprocessing.sources.vqa import normalise_answer, soft_scores
+
+    assert [normalise_answer(a) for a in ("Two.", "the red one", "1,000", "black/white", "2.5", "yes!")] == \
+        ["2", "red 1", "1000", "black white", "2.5", "yes"]
+    assert soft_scores(["a"] * 1 + ["b"] * 2 + ["c"] * 3 + ["d"] * 4) == {"d": 1.0, "c": 0.9, "b": 0.6, "a": 0.3}
+
+
 def test_vqa_confidences_and_candidates(tmp_path, vocab, negatives):
     imgs = tmp_path / "img"
     for iid in (1, 2):
@@ -175,10 +183,10 @@ def test_vqa_confidences_and_candidates(tmp_path, vocab, negatives):
     assert summary(out, "vqa")["skipped"] == {"missing file": 1}
     with open(out / "ans2label.pkl", "rb") as f:
         assert pickle.load(f) == {"2": 0, "left": 1, "red": 2}
-    # all answers kept: OFA's soft scores 0.3 / 0.6 / 0.9 / 1.0
+    # all answers kept: OFA's soft scores 0.3 / 0.6 / 0.9 / 1.0 ("Two." is normalised to "2", as VQA's eval does)
     assert run_prepare("vqa", "--questions", tmp_path / "q.json", "--annotations", tmp_path / "a.json",
                        "--images", imgs, "--out", out, "--name", "all", "--workers", 0, "--keep-all-answers") == 0
-    assert rows(out, "all")[0][3] == "1.0|!+2&&0.6|!+3&&0.3|!+two"
+    assert rows(out, "all")[0][3] == "1.0|!+2&&0.6|!+3"
     # a given candidate set without the answer: the question is skipped and counted
     (tmp_path / "cands.json").write_text(json.dumps({"red": 0}))
     assert run_prepare("vqa", "--questions", tmp_path / "q.json", "--annotations", tmp_path / "a.json",
@@ -190,7 +198,7 @@ def test_vqa_confidences_and_candidates(tmp_path, vocab, negatives):
     assert run_prepare("vqa", "--questions", tmp_path / "q.json", "--annotations", tmp_path / "a.json",
                        "--images", imgs, "--out", out, "--name", "vl", "--workers", 0, "--keep-all-answers",
                        "--to", "vision-language") == 0
-    assert rows(out, "vl")[0][2:] == ["", "How many shapes?", "1.0|!+2&&0.6|!+3&&0.3|!+two", "", "vqa", "qa"]
+    assert rows(out, "vl")[0][2:] == ["", "How many shapes?", "1.0|!+2&&0.6|!+3", "", "vqa", "qa"]
     main, _ = vl_stream(out, "vl", vocab, negatives).samples(0, np.random.default_rng(0))
     assert vocab.decode(main.target[:-1]).strip() == "2" and main.conf == 1.0
 
@@ -516,3 +524,25 @@ def test_outputs_build_finetuning_samples(tmp_path, ofa_bpe_dir, monkeypatch):
     assert s.ref == {"maybe": 1.0}
     s = task("rte", "glue-rte-00000.tsv").build_sample("train", 0)
     assert s.ref == {"yes": 1.0}
+
+
+def test_records_stream_one_shard_at_a_time(tmp_path):
+    """Memory stays flat: the engine pulls the next shard's records only when it starts it."""
+    from preprocessing.engine import Converter, run
+
+    pulled = []
+
+    class Counting(Converter):
+        kind, format = "count", "text"
+
+        def records(self):
+            for i in range(10):
+                pulled.append(i)
+                yield i
+
+        def rows(self, i):
+            assert len(pulled) <= (i // 4 + 1) * 4, f"record {i}: {len(pulled)} records already read"
+            yield [str(i), f"text {i}"]
+
+    s = run(Counting(), tmp_path, name="c", shard_records=4, workers=0, progress=False)
+    assert (s.records, s.rows, s.shards) == (10, 10, ["c-00000.tsv", "c-00001.tsv", "c-00002.tsv"])
