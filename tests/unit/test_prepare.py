@@ -420,7 +420,7 @@ def _outputs(out: Path) -> dict[str, bytes]:
             if p.suffix == ".tsv" or p.name.endswith(".done.json")}
 
 
-def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, capsys):
     caps, imgs = _folder_dataset(tmp_path, 10)
     args = ["image-text", "--captions", caps, "--images", imgs, "--shard-records", 3]
     # Reference: an uninterrupted run on two worker processes.
@@ -447,6 +447,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "res").iterdir())
     # a resume with other settings is refused instead of mixing two conversions
     assert run_prepare(*args[:-1], 4, "--out", tmp_path / "res", "--workers", 0) == 2
+    # --strict across worker processes: the bad record still stops the run, named
+    assert run_prepare(*args, "--out", tmp_path / "strict", "--workers", 2, "--strict") == 1
+    assert "7.jpg, field 'image': corrupt image" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------- inspect

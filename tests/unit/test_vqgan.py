@@ -113,6 +113,10 @@ def test_checkpoint_round_trip(tmp_path, tiny):
     images = scene_batch(1, 32)
     assert torch.equal(loaded.encode(images), tiny.encode(images))
 
+    from safetensors.torch import save_file
+    save_file(tiny.state_dict(), str(tmp_path / "tiny.safetensors"))
+    assert torch.equal(VQGAN.from_checkpoint(tmp_path / "tiny.safetensors", "tiny").encode(images), tiny.encode(images))
+
     broken = {k: v for k, v in state.items() if k != "decoder.conv_out.bias"}
     torch.save(broken, tmp_path / "broken.pt")
     with pytest.raises(ValueError, match="missing: \\['decoder.conv_out.bias'\\]"):
