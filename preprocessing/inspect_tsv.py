@@ -75,8 +75,14 @@ def check_row(fmt: Format, fields: list[str], *, decode_image: bool = True) -> t
         try:
             codes = [int(c) for c in row[fmt.codes].split()]
             info["codes"] = len(codes)
-            if fmt.num_codes and len(codes) != fmt.num_codes:
-                problems.append(f"{fmt.codes}: {len(codes)} codes, expected {fmt.num_codes}")
+            expected = fmt.num_codes
+            if fmt.name == "image-infilling" and image is not None:
+                # a 2C x 2C image holds the (C/8)^2 codes of its centre (C = 128 in OFA)
+                expected = (image.width // 16) ** 2
+                if image.width != image.height:
+                    problems.append(f"{fmt.image}: {image.width}x{image.height} is not square")
+            if expected and len(codes) != expected:
+                problems.append(f"{fmt.codes}: {len(codes)} codes, expected {expected}")
             if codes and (min(codes) < 0 or max(codes) >= 8192):
                 problems.append(f"{fmt.codes}: ids outside [0, 8192)")
         except ValueError:

@@ -549,3 +549,17 @@ def test_records_stream_one_shard_at_a_time(tmp_path):
 
     s = run(Counting(), tmp_path, name="c", shard_records=4, workers=0, progress=False)
     assert (s.records, s.rows, s.shards) == (10, 10, ["c-00000.tsv", "c-00001.tsv", "c-00002.tsv"])
+
+
+def test_sample_data_fits_the_formats(sample_data):
+    """make-sample-data and the converters agree on every layout."""
+    files = {"pretrain/vision_language_examples.tsv": "vision-language", "pretrain/text_examples.tsv": "text",
+             "pretrain/image_examples.tsv": "image-infilling", "pretrain/detection_examples.tsv": "detection",
+             "finetune/caption/train.tsv": "caption", "finetune/vqa/train.tsv": "vqa",
+             "finetune/refcoco/train.tsv": "refcoco", "finetune/snli_ve/train.tsv": "snli-ve",
+             "finetune/imagenet/train.tsv": "imagenet", "finetune/image_gen/train.tsv": "image-gen",
+             "finetune/gigaword/train.tsv": "gigaword",
+             **{f"finetune/glue/{t}/train.tsv": f"glue-{t}" for t in ("cola", "sst2", "mrpc", "qqp", "mnli", "rte", "qnli")}}
+    for rel, fmt in files.items():
+        report = io.StringIO()
+        assert inspect(sample_data / rel, fmt, show=0, check=8, out=report) == 0, report.getvalue()
