@@ -176,7 +176,8 @@ def inspect(path, fmt_name: str | None = None, *, show: int = 3, check: int = 10
                      for k, v in info.items() if k != "image"}
             print(f"  row {i}: {shown}", file=out)
         if sheet and want_image and len(entries) < sheet_rows:
-            text = next((info[c] for c in fmt.text if info.get(c)), "")
+            text = next((info[c] for c in fmt.text if info.get(c)), "") or \
+                ", ".join(label for _, label in info.get("boxes", []) if label)
             entries.append((info.get("image"), info.get("boxes", []), text))
     print(f"checked {n_check} rows against {fmt.name} ({', '.join(fmt.columns)}): "
           f"{problems} problem(s)", file=out)
