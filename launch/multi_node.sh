@@ -24,7 +24,7 @@ port=${MASTER_PORT:-29500}
 
 only_this_machine() {
   local host _ found=0
-  while read -r host _; do
+  while read -r host _ || [[ -n "${host:-}" ]]; do  # also a last line without a newline
     [[ -z "$host" || "$host" == \#* ]] && continue
     case "$host" in
       localhost|127.0.0.1|"$(hostname)"|"$(hostname -f 2>/dev/null || hostname)") found=1 ;;
