@@ -56,3 +56,34 @@ def test_bench_train_through_the_deepspeed_engine(tmp_path, capsys, one_torch_th
             ("rel_gather", 2, 16)} <= runs
     assert all(r["step_ms"] > 0 and r["mfu"] > 0 and r["flops"]["resnet"] > 0 for r in result["runs"])
     assert result["profiles"][0]["top"] and result["profiles"][0]["busy_ms"] > 0
+
+
+def test_bench_data_vl_stages_cli(sample_data, capsys):
+    args = ["bench", "data", "--data", str(sample_data), "--vl-stages", "--rows", "16", "--rounds", "1",
+            "--patch-image-size", "64", "--jpeg-scale", "1"]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "VL rows/s per core" in out and "loader workers" in out
+    for stage in ("image decode", "resize+crop", "augment", "to tensor", "tokenise", "collate"):
+        assert stage in out
+
+
+def test_stream_images_equal_with_and_without_the_fast_paths(sample_data):
+    import torch
+
+    from ofa_ds.data import bench_stages, transforms as T
+    from ofa_ds.data.streams.common import sample_rng
+    from ofa_ds.data.vocab import Vocabulary
+
+    stream = bench_stages._vl_stream(sample_data, Vocabulary.from_dir(sample_data / "vocab"), 64)
+    try:
+        for row in range(12):
+            T.use_fast_paths(False)
+            slow = stream.samples(row, sample_rng(7, "vision_language", 1, row))
+            T.use_fast_paths(True)
+            fast = stream.samples(row, sample_rng(7, "vision_language", 1, row))
+            for a, b in zip(slow, fast):
+                assert torch.equal(a.patch_image, b.patch_image) and torch.equal(a.source, b.source)
+                assert torch.equal(a.target, b.target)
+    finally:
+        T.use_fast_paths(True)
