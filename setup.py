@@ -18,6 +18,9 @@ setup(
         "tokenizers>=0.19",
         "tensorboard",
         "tqdm",
+        # Caption (COCO toolkit) and Gigaword (ROUGE) evaluation.
+        "pycocoevalcap",
+        "rouge-score",
     ],
     extras_require={"test": ["pytest", "pytest-timeout"]},
     entry_points={"console_scripts": ["ofa-ds=ofa_ds.cli:main"]},
