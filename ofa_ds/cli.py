@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("preprocessing.inspect_tsv", "main", "row count, column check, decoded rows, contact sheet"),
     "bench data": ("ofa_ds.data.bench", "main", "pretraining loader throughput (samples/s per worker)"),
     "bench train": ("ofa_ds.engine.bench", "main", "training step throughput, FLOPs and MFU per option"),
+    "bench generate": ("ofa_ds.generation.bench", "main", "beam-search captioning tokens/s"),
     "plan": ("ofa_ds.parallel.planner", "main", "per-GPU memory plan for each parallel layout"),
     "env": ("ofa_ds.kernels.env", "main", "print the active kernels and why"),
 }

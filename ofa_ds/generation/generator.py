@@ -29,6 +29,7 @@ from typing import TypedDict
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ofa_ds.generation import constraints as C
 from ofa_ds.generation.search import BeamSearch, Candidates, Sampling
@@ -115,9 +116,14 @@ class SequenceGenerator:
 
     def __init__(self, model, config: GenerationConfig | None = None, *, constraint_trie: Trie | None = None,
                  allowed_tokens_fn: C.AllowedTokensFn | None = None, rng: torch.Generator | None = None,
-                 **overrides):
+                 task: str = "caption", progress: bool | None = None, **overrides):
+        from ofa_ds.generation.presets import task_generation_config
+
         self.model = model
-        self.cfg = dataclasses.replace(config or GenerationConfig(), **overrides)
+        # Without a config, OFA's settings for ``task`` (caption: beam 5, 16 tokens), not the
+        # dataclass defaults (200 tokens: minutes per call on a CPU).
+        self.cfg = dataclasses.replace(config or task_generation_config(task), **overrides)
+        self.progress = progress
         mc = model.config
         self.bos, self.pad, self.eos, self.unk = mc.bos, mc.pad, mc.eos, getattr(mc, "unk", 3)
         self.vocab_size = mc.vocab_size
@@ -158,15 +164,18 @@ class SequenceGenerator:
                                              patch_masks=patch_masks)
         live = self._start(encoder_out, B, code_masks, prefix_tokens, src_tokens.device)
         finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-        for step in range(max_len + 1):
-            lprobs = self._next_log_probs(live, step, max_len)                       # [R, V]
-            N = live.sentence.shape[0]
-            cand = self.search.step(step, lprobs.view(N, K, -1),
-                                    live.cum_scores[:, -1].view(N, K) if step else None)
-            done = self._finish(live, cand, step, max_len, finished)                 # [N]
-            if done.all():
-                break
-            live = self._advance(live, cand, ~done)
+        show = self.progress if self.progress is not None else max_len > 64
+        with tqdm(total=max_len + 1, desc="decoding", unit="step", leave=False, disable=not show) as bar:
+            for step in range(max_len + 1):
+                lprobs = self._next_log_probs(live, step, max_len)                   # [R, V]
+                N = live.sentence.shape[0]
+                cand = self.search.step(step, lprobs.view(N, K, -1),
+                                        live.cum_scores[:, -1].view(N, K) if step else None)
+                done = self._finish(live, cand, step, max_len, finished)             # [N]
+                bar.update(1)
+                if done.all():
+                    break
+                live = self._advance(live, cand, ~done)
         return [sorted(hyps, key=lambda h: -h["score"]) for hyps in finished]
 
     def _start(self, encoder_out: dict, B: int, code_masks, prefix_tokens, device) -> _Live:
@@ -267,13 +276,14 @@ class SequenceGenerator:
 
 
 def generate(model, src_tokens, src_lengths=None, *, config: GenerationConfig | None = None,
-             constraint_trie: Trie | None = None, allowed_tokens_fn: C.AllowedTokensFn | None = None,
-             rng: torch.Generator | None = None, **net_input) -> list[list[Hypothesis]]:
+             task: str = "caption", constraint_trie: Trie | None = None,
+             allowed_tokens_fn: C.AllowedTokensFn | None = None, rng: torch.Generator | None = None,
+             progress: bool | None = None, **net_input) -> list[list[Hypothesis]]:
     """One-shot helper: ``generate(model, src_tokens, src_lengths, patch_images=..., beam=5)``.
-    Keyword arguments that are ``GenerationConfig`` fields configure the search; the rest go to
-    :meth:`SequenceGenerator.generate`."""
+    Keyword arguments that are ``GenerationConfig`` fields override the search settings, which
+    are ``config`` or else OFA's for ``task``; the rest go to :meth:`SequenceGenerator.generate`."""
     fields = {f.name for f in dataclasses.fields(GenerationConfig)}
     overrides = {k: net_input.pop(k) for k in list(net_input) if k in fields}
-    gen = SequenceGenerator(model, config, constraint_trie=constraint_trie,
+    gen = SequenceGenerator(model, config, constraint_trie=constraint_trie, task=task, progress=progress,
                             allowed_tokens_fn=allowed_tokens_fn, rng=rng, **overrides)
     return gen.generate(src_tokens, src_lengths, **net_input)
