@@ -222,6 +222,8 @@ class Trainer:
         """One optimizer step over ``grad_accum`` micro-batches."""
         gas = self.cfg.train.grad_accum
         micro = [move_to(next(batches), self.engine.device, self.float_dtype) for _ in range(gas)]
+        if hasattr(self.task, "prepare_step"):  # targets sampled from the model first (SCST)
+            micro = [self.task.prepare_step(self.engine.module, b) for b in micro]
         # Per-group token counts of the whole step, over every data-parallel rank.
         counts = np.sum([self.task.token_counts(b) for b in micro], axis=0).tolist()
         denominators = all_reduce_sum(counts, group=self.dp_group, device=self.engine.device)

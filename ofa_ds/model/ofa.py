@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from ofa_ds.model.config import OFAConfig
@@ -34,11 +35,19 @@ class OFAModel(nn.Module):
                 init_ofa_weights(self)
 
     def forward(self, src_tokens, src_lengths=None, prev_output_tokens=None, patch_images=None,
-                patch_masks=None, code_masks=None, sample_patch_num=None, **unused):
+                patch_masks=None, code_masks=None, sample_patch_num=None, decoder_rows_per_input: int = 1,
+                **unused):
+        """``decoder_rows_per_input`` = k: ``prev_output_tokens`` has k rows per input (input-major,
+        e.g. SCST's sampled captions); each input is encoded once and its output repeated."""
         if prev_output_tokens is None:
             raise ValueError("prev_output_tokens is required")
         encoder_out = self.encoder(src_tokens, src_lengths, patch_images=patch_images,
                                    patch_masks=patch_masks, sample_patch_num=sample_patch_num)
+        if decoder_rows_per_input > 1:
+            from ofa_ds.model.encoder import reorder_encoder_out
+
+            rows = torch.arange(src_tokens.shape[0], device=src_tokens.device)
+            encoder_out = reorder_encoder_out(encoder_out, rows.repeat_interleave(decoder_rows_per_input))
         logits, extra = self.decoder(prev_output_tokens, encoder_out, code_masks=code_masks)
         extra["encoder_out"] = encoder_out
         return logits, extra

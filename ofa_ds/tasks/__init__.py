@@ -43,8 +43,12 @@ TASKS: dict[str, str] = {
     "vqa_gen": "ofa_ds.tasks.vqa:VqaGenTask",
     "snli_ve": "ofa_ds.tasks.snli_ve:SnliVeTask",
     **{g: f"ofa_ds.tasks.glue:{g.upper()}Task" for g in ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2")},
+    "caption_scst": "ofa_ds.tasks.caption_scst:CaptionScstTask",
+    "refcoco": "ofa_ds.tasks.refcoco:RefcocoTask",
+    "gigaword": "ofa_ds.tasks.gigaword:GigawordTask",
+    "image_gen": "ofa_ds.tasks.image_gen:ImageGenTask",
 }
-ALIASES = {"vqa": "vqa_gen", "imagenet": "image_classify"}
+ALIASES = {"vqa": "vqa_gen", "imagenet": "image_classify", "refcocoplus": "refcoco", "refcocog": "refcoco"}
 
 
 def task_class(name: str):

@@ -21,13 +21,15 @@ rouge-score's bootstrap aggregation (the *mid* F-measure, close to but not equal
 from __future__ import annotations
 
 import string
+from collections import Counter
+from dataclasses import dataclass
 
 import torch
 
 from ofa_ds.data.bad_rows import BadRow
-from ofa_ds.data.streams.common import Sample, pre_caption
-from ofa_ds.data.transforms import zero_image
-from ofa_ds.data.tsv import TSVFile
+from ofa_ds.data.streams.common import pre_caption
+from ofa_ds.tasks.base import FinetuneTask
+from ofa_ds.tasks.data import TaskSample
 
 PROMPT_SUMMARY = ' what is the summary of article " {} "?'
 
@@ -36,37 +38,22 @@ _PTB_SYMBOLS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-l
                 "[UNK]": "UNK", "&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 
-class GigawordData:
-    """Row i of a Gigaword TSV -> (Sample, raw lowercased target for ROUGE)."""
-
-    def __init__(self, path: str, vocab, *, max_src_length: int = 512, max_tgt_length: int = 64,
-                 noise_ratio: float = 0.0, target_leading_space: bool = False, image_size: int = 32):
-        self.file = TSVFile(path, selected_cols=[0, 1])
-        self.vocab = vocab
-        self.max_src_length, self.max_tgt_length = max_src_length, max_tgt_length
-        self.noise_ratio = noise_ratio
-        self.target_leading_space = target_leading_space
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.file)
-
-    def sample(self, i: int, noise_rng: torch.Generator | None = None) -> tuple[Sample, str]:
-        source, target = self.file.row(i)
-        target_str = target.lower()
-        article = pre_caption(source, self.max_src_length).replace("<unk>", "unk")
-        headline = pre_caption(target, self.max_tgt_length).replace("<unk>", "unk")
-        for field, text in (("source", article), ("target", headline)):
-            if not text:
-                raise BadRow(str(self.file.path), i, field, "empty text")
-        v = self.vocab
-        src = v.encode_line(PROMPT_SUMMARY.format(article), max_tokens=self.max_src_length)
-        tgt = v.encode_line((" " if self.target_leading_space else "") + headline, add_bos=False, add_eos=False)
-        noised = add_noise(tgt, self.noise_ratio, high=v.code_offset, generator=noise_rng)
-        sample = Sample(id=str(i), source=src, target=torch.cat([tgt, tgt.new_tensor([v.eos])]),
-                        prev_output_tokens=torch.cat([tgt.new_tensor([v.bos]), noised]),
-                        patch_image=zero_image(self.image_size), patch_mask=False, code_mask=None, conf=1.0)
-        return sample, target_str
+def gigaword_sample(vocab, fields: list[str], *, path: str, row: int, max_src_length: int = 512,
+                    max_tgt_length: int = 64, noise_ratio: float = 0.0, target_leading_space: bool = False,
+                    noise_rng: torch.Generator | None = None) -> TaskSample:
+    """(article, headline) of one row -> text-only sample; ``ref`` = the ROUGE reference."""
+    source, target = fields
+    article = pre_caption(source, max_src_length).replace("<unk>", "unk")
+    headline = pre_caption(target, max_tgt_length).replace("<unk>", "unk")
+    for field, text in (("source", article), ("target", headline)):
+        if not text:
+            raise BadRow(path, row, field, "empty text")
+    src = vocab.encode_line(PROMPT_SUMMARY.format(article), max_tokens=max_src_length)
+    tgt = vocab.encode_line((" " if target_leading_space else "") + headline, add_bos=False, add_eos=False)
+    noised = add_noise(tgt, noise_ratio, high=vocab.code_offset, generator=noise_rng)
+    return TaskSample(id=str(row), source=src, target=torch.cat([tgt, tgt.new_tensor([vocab.eos])]),
+                      prev_output_tokens=torch.cat([tgt.new_tensor([vocab.bos]), noised]), patch_image=None,
+                      patch_mask=False, code_mask=None, conf=1.0, ref=target.lower())
 
 
 def add_noise(tokens: torch.Tensor, ratio: float, *, high: int, generator: torch.Generator | None = None
@@ -176,3 +163,52 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict:
         out[f"{key}_f1"] = sum(100 * s[key].fmeasure for s in per_example) / count
         out[f"{key}_recall"] = sum(100 * s[key].recall for s in per_example) / count
     return out
+
+
+class GigawordTask(FinetuneTask):
+    name = "gigaword"
+    default_splits = {"train": "finetune/gigaword/train.tsv", "valid": "finetune/gigaword/valid.tsv",
+                      "test": "finetune/gigaword/test.tsv"}
+    metric = "rougeL_f1"
+    selected_cols = "0,1"
+
+    @dataclass
+    class Options:
+        noise_ratio: float = 0.2
+        """Probability of replacing each decoder-input token in training (OFA's --noise-ratio)."""
+        max_src_length: int = 512
+        """Article words kept, then source tokens kept."""
+        target_leading_space: bool = False
+        """Encode the headline as " {headline}" (OFA's original English code) instead of OFA's
+        current "{headline}"."""
+
+    def __init__(self, cfg, vocab):
+        super().__init__(cfg, vocab)
+        self._visits: Counter = Counter()
+
+    def build_sample(self, split, i):
+        tsv = self.tsv(split)
+        o = self.options
+        rng = None
+        if split == "train" and o.noise_ratio > 0:
+            # A fresh draw on every visit of a row, reproducible for a given seed and order.
+            self._visits[i] += 1
+            rng = torch.Generator().manual_seed(hash((self.cfg.train.seed, i, self._visits[i])) & (2**63 - 1))
+        return gigaword_sample(self.vocab, tsv.row(i), path=str(tsv.path), row=i, max_src_length=o.max_src_length,
+                               max_tgt_length=self.cfg.data.max_tgt_length,
+                               noise_ratio=o.noise_ratio if split == "train" else 0.0,
+                               target_leading_space=o.target_leading_space, noise_rng=rng)
+
+    def predict(self, model, batch):
+        from ofa_ds.generation import SequenceGenerator, task_generation_config
+
+        gen = SequenceGenerator(model, task_generation_config("gigaword", beam=self.cfg.task.eval_beam))
+        n = batch["net_input"]
+        hyps = gen.generate(n["src_tokens"], n["src_lengths"])
+        return [{"prediction": postprocess_hypothesis(self.vocab.decode(h[0]["tokens"]))} for h in hyps]
+
+    def score(self, records):
+        """Mean per-example ROUGE-1/2/L F1 and recall x 100 (OFA's validation numbers)."""
+        out = rouge_scores([r["prediction"] for r in records], [r["target"] for r in records])
+        out.pop("per_example")
+        return out

@@ -14,65 +14,51 @@ default (``constrain_bins``); OFA's unconstrained decoding is kept for parity.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 
 from ofa_ds.data.bad_rows import BadRow
-from ofa_ds.data.collate import collate
-from ofa_ds.data.streams.common import PROMPT_GROUNDING, Sample, pre_caption
+from ofa_ds.data.streams.common import PROMPT_GROUNDING, pre_caption
 from ofa_ds.data.transforms import resize, shorter_side_size, to_tensor
-from ofa_ds.data.tsv import TSVFile, decode_base64_image
+from ofa_ds.data.tsv import decode_base64_image
+from ofa_ds.tasks.base import FinetuneTask
+from ofa_ds.tasks.data import TaskSample
 
 
-class GroundingData:
-    """Row i of a RefCOCO-style TSV -> (Sample, box extras)."""
-
-    def __init__(self, path: str, vocab, *, patch_image_size: int = 512, max_image_size: int = 512,
-                 max_src_length: int = 80):
-        self.file = TSVFile(path, selected_cols=[0, 4, 2, 3])
-        self.vocab = vocab
-        self.patch_image_size, self.max_image_size = patch_image_size, max_image_size
-        self.max_src_length = max_src_length
-
-    def __len__(self) -> int:
-        return len(self.file)
-
-    def region(self, i: int, text: str) -> torch.Tensor:
-        try:
-            box = [float(v) for v in text.strip().split(",")]
-        except ValueError:
-            box = []
-        if len(box) != 4:
-            raise BadRow(str(self.file.path), i, "region-coord", "unparsable box", f"{text!r}, expected 'x0,y0,x1,y1'")
-        return torch.tensor(box)
-
-    def sample(self, i: int) -> tuple[Sample, dict]:
-        uniq_id, image_b64, text, region_text = self.file.row(i)
-        region = self.region(i, region_text)
-        image = decode_base64_image(image_b64, file=self.file.path, row=i, field="image")
-        w, h = image.size
-        new_w, new_h = shorter_side_size(w, h, self.patch_image_size, self.patch_image_size)
-        image, boxes = resize(image, new_w, new_h, region[None])
-        bins = torch.round(boxes[0] / self.max_image_size * (self.vocab.num_bins - 1)).long().tolist()
-        v = self.vocab
-        tgt = v.encode_line(" ".join(f"<bin_{b}>" for b in bins), add_bos=False, add_eos=False, use_bpe=False)
-        caption = pre_caption(text, self.max_src_length)
-        if not caption:
-            raise BadRow(str(self.file.path), i, "text", "empty text")
-        src = v.encode_line(PROMPT_GROUNDING.format(caption))
-        sample = Sample(id=uniq_id, source=src, target=torch.cat([tgt, tgt.new_tensor([v.eos])]),
-                        prev_output_tokens=torch.cat([tgt.new_tensor([v.bos]), tgt]), patch_image=to_tensor(image),
-                        patch_mask=True, code_mask=None, conf=1.0)
-        extras = {"w_resize_ratio": torch.tensor(new_w) / w, "h_resize_ratio": torch.tensor(new_h) / h,
-                  "region_coord": region}
-        return sample, extras
+def grounding_sample(vocab, fields: list[str], *, path: str, row: int, patch_image_size: int = 512,
+                     max_image_size: int = 512, max_src_length: int = 80) -> TaskSample:
+    """(uniq_id, image, text, region) of one row -> sample; ``extra`` holds the resize
+    ratios, ``ref`` the original box."""
+    uniq_id, image_b64, text, region_text = fields
+    try:
+        box = [float(v) for v in region_text.strip().split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4:
+        raise BadRow(path, row, "region-coord", "unparsable box", f"{region_text!r}, expected 'x0,y0,x1,y1'")
+    region = torch.tensor(box)
+    caption = pre_caption(text, max_src_length)
+    if not caption:
+        raise BadRow(path, row, "text", "empty text")
+    image = decode_base64_image(image_b64, file=path, row=row, field="image")
+    w, h = image.size
+    new_w, new_h = shorter_side_size(w, h, patch_image_size, patch_image_size)
+    image, boxes = resize(image, new_w, new_h, region[None])
+    bins = torch.round(boxes[0] / max_image_size * (vocab.num_bins - 1)).long().tolist()
+    tgt = vocab.encode_line(" ".join(f"<bin_{b}>" for b in bins), add_bos=False, add_eos=False, use_bpe=False)
+    return TaskSample(id=uniq_id, source=vocab.encode_line(PROMPT_GROUNDING.format(caption)),
+                      target=torch.cat([tgt, tgt.new_tensor([vocab.eos])]),
+                      prev_output_tokens=torch.cat([tgt.new_tensor([vocab.bos]), tgt]), patch_image=to_tensor(image),
+                      patch_mask=True, code_mask=None, conf=1.0, ref=region.tolist(),
+                      extra={"w_resize_ratio": torch.tensor(new_w) / w, "h_resize_ratio": torch.tensor(new_h) / h})
 
 
-def collate_grounding(items: list[tuple[Sample, dict]], pad: int) -> dict:
-    batch = collate([s for s, _ in items], pad=pad)
-    batch["w_resize_ratios"] = torch.stack([e["w_resize_ratio"] for _, e in items])
-    batch["h_resize_ratios"] = torch.stack([e["h_resize_ratio"] for _, e in items])
-    batch["region_coords"] = torch.stack([e["region_coord"] for _, e in items])
-    return batch
+def resize_ratios(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w_ratios [B], h_ratios [B]) of a collated batch."""
+    return (torch.stack([e["w_resize_ratio"] for e in batch["extra"]]),
+            torch.stack([e["h_resize_ratio"] for e in batch["extra"]]))
 
 
 def bin_constraint(vocab):
@@ -112,5 +98,89 @@ def predicted_boxes(generator, batch: dict, vocab, *, max_image_size: int, encod
     hyps = generator.generate(n["src_tokens"], n["src_lengths"], patch_images=n["patch_images"],
                               patch_masks=n["patch_masks"], encoder_out=encoder_out)
     tokens = torch.stack([h[0]["tokens"][:4] for h in hyps])
-    return boxes_from_tokens(tokens, vocab, max_image_size=max_image_size,
-                             w_ratio_B=batch["w_resize_ratios"], h_ratio_B=batch["h_resize_ratios"])
+    w_ratio, h_ratio = resize_ratios(batch)
+    return boxes_from_tokens(tokens.cpu(), vocab, max_image_size=max_image_size, w_ratio_B=w_ratio, h_ratio_B=h_ratio)
+
+
+class RefcocoTask(FinetuneTask):
+    """RefCOCO / RefCOCO+ / RefCOCOg (the same task on other files)."""
+
+    name = "refcoco"
+    default_splits = {"train": "finetune/refcoco/train.tsv", "valid": "finetune/refcoco/valid.tsv",
+                      "test": "finetune/refcoco/test.tsv"}
+    metric = "acc"
+    selected_cols = "0,4,2,3"
+    predictions_name = "results.json"
+
+    @dataclass
+    class Options:
+        constrain_bins: bool = True
+        """Decode only <bin_i> tokens (4 of them, then eos); False: OFA's unconstrained search."""
+        max_src_length: int = 80
+        """Words of the referring expression kept (pre_caption)."""
+        draw_boxes: int = 4
+        """Images with predicted (red) and true (green) boxes written beside the predictions
+        and to TensorBoard at each evaluation (0: none)."""
+
+    def __init__(self, cfg, vocab):
+        super().__init__(cfg, vocab)
+        self._drawn: list = []
+        self._eval_count = 0
+
+    def build_sample(self, split, i):
+        tsv = self.tsv(split)
+        d = self.cfg.data
+        return grounding_sample(self.vocab, tsv.row(i), path=str(tsv.path), row=i, patch_image_size=d.patch_image_size,
+                                max_image_size=d.max_image_size, max_src_length=self.options.max_src_length)
+
+    def generator(self, model):
+        from ofa_ds.generation import SequenceGenerator, task_generation_config
+
+        fn = bin_constraint(self.vocab) if self.options.constrain_bins else None
+        return SequenceGenerator(model, task_generation_config("refcoco", beam=self.cfg.task.eval_beam),
+                                 allowed_tokens_fn=fn)
+
+    def predict(self, model, batch):
+        boxes = predicted_boxes(self.generator(model), batch, self.vocab, max_image_size=self.cfg.data.max_image_size)
+        acc = box_accuracy(boxes, torch.tensor(batch["refs"], dtype=boxes.dtype))
+        records = [{"prediction": b, "score": float(s), "iou": float(u)}
+                   for b, s, u in zip(boxes.tolist(), acc["score"], acc["iou"])]
+        if self.options.draw_boxes and len(self._drawn) < self.options.draw_boxes:
+            self._draw(batch, boxes)
+        return records
+
+    def _draw(self, batch, boxes) -> None:
+        from torchvision.utils import draw_bounding_boxes
+
+        images = batch["net_input"]["patch_images"]
+        w_ratio, h_ratio = resize_ratios(batch)
+        scale = torch.stack([w_ratio, h_ratio, w_ratio, h_ratio], 1)
+        for b in range(min(len(boxes), self.options.draw_boxes - len(self._drawn))):
+            img = ((images[b].float().cpu() * 0.5 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
+            both = torch.stack([boxes[b] * scale[b], torch.tensor(batch["refs"][b]) * scale[b]])
+            size = img.shape[-1]
+            both = both.clamp(0, size)
+            self._drawn.append(draw_bounding_boxes(img, both, colors=["red", "green"], width=3))
+
+    def score(self, records):
+        """Acc@0.5 (OFA's ``score``) and the mean IoU."""
+        n = max(len(records), 1)
+        return {"acc": sum(r["score"] for r in records) / n, "miou": sum(max(r["iou"], 0.0) for r in records) / n}
+
+    def write_predictions(self, records, path):
+        """OFA's ``[{"uniq_id", "box"}]``; drawn images as ``<name>_boxes.png`` and in TensorBoard."""
+        import json
+
+        path.write_text(json.dumps([{"uniq_id": r["id"], "box": r["prediction"]} for r in records]))
+        drawn, self._drawn = self._drawn, []
+        if drawn:
+            from torchvision.utils import make_grid, save_image
+
+            grid = make_grid(drawn, nrow=len(drawn)).float() / 255
+            save_image(grid, path.with_name(path.stem + "_boxes.png"))
+            if self.cfg.train.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                with SummaryWriter(str(Path(self.cfg.train.out_dir) / "tensorboard")) as w:
+                    w.add_image("eval/boxes (red: predicted, green: true)", grid, self._eval_count)
+            self._eval_count += 1

@@ -95,8 +95,12 @@ def sample_beams(generator, net_input: dict) -> list[torch.Tensor]:
 
 
 def repeat_net_input(net_input: dict, k: int, prev_output_tokens: torch.Tensor) -> dict:
-    """Every per-image input repeated k times (image-major), with a new decoder input."""
-    out = {key: (v.repeat_interleave(k, dim=0) if torch.is_tensor(v) and v.dim() >= 1 else v)
-           for key, v in net_input.items() if key != "prev_output_tokens"}
+    """The model inputs for k decoder rows per image (image-major): each image is encoded once
+    and its encoder output repeated (OFA repeats the images k times; train-mode BatchNorm
+    sees the same batch statistics either way, and the gradients are the same sums)."""
+    out = {key: v for key, v in net_input.items() if key != "prev_output_tokens"}
+    if out.get("code_masks") is not None:
+        out["code_masks"] = out["code_masks"].repeat_interleave(k, dim=0)
     out["prev_output_tokens"] = prev_output_tokens
+    out["decoder_rows_per_input"] = k
     return out

@@ -50,6 +50,7 @@ def test_evaluate_command_writes_predictions_and_metrics(sample_data, tmp_path, 
     OFAModel(get_flavor("test", vocab_size=len(vocab))).save_pretrained(tmp_path / "model")
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[task]\nname = "caption"\neval_max_len = 3\neval_beam = 2\n'
+                   f'[task.options]\ncoco_toolkit = "none"\n'  # METEOR's JVM alone takes ~20 s
                    f'[data]\nroot = "{sample_data}"\npatch_image_size = 64\n')
     assert main(["evaluate", "--config", str(cfg), "--checkpoint", str(tmp_path / "model"),
                  "--split", "test", "--out", str(tmp_path / "out")]) == 0

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ofa_ds.data.collate import collate
 from ofa_ds.generation import task_generation_config, SequenceGenerator
 from ofa_ds.tasks.criterion import LossOptions, label_smoothed_cross_entropy
-from ofa_ds.tasks.gigaword import (GigawordData, add_noise, fix_tokenization, postprocess_hypothesis,
-                                   rouge_scores)
+from ofa_ds.data.tsv import TSVFile
+from ofa_ds.tasks.data import collate_task
+from ofa_ds.tasks.gigaword import add_noise, fix_tokenization, gigaword_sample, postprocess_hypothesis, rouge_scores
 from tests.helpers import finetune_golden as fg
 
 
@@ -26,23 +26,25 @@ def vocab(ofa_bpe_dir):
     return Vocabulary.from_dir(ofa_bpe_dir)
 
 
-def _data(vocab, split, **kw):
-    return GigawordData(str(fg.data_file(f"gigaword_{split}.tsv")), vocab, **kw)
+def _samples(vocab, split, seed0=None, **kw):
+    tsv = TSVFile(fg.data_file(f"gigaword_{split}.tsv"), selected_cols="0,1")
+    return [gigaword_sample(vocab, tsv.row(i), path=str(tsv.path), row=i, **kw,
+                            noise_rng=None if seed0 is None else torch.Generator().manual_seed(seed0 + i))
+            for i in range(len(tsv))]
 
 
 def test_samples_and_noise_match_ofa(ref, vocab):
     for split, seed0 in (("train", 150), ("dev", 160)):
         key = "train" if split == "train" else "valid"
-        data = _data(vocab, split, noise_ratio=0.2)
-        for i, (want, trace) in enumerate(zip(ref["samples"][key], ref["noise_trace"][key])):
-            # OFA seeded torch's global generator with seed0 + i before building sample i.
-            s, target_str = data.sample(i, noise_rng=torch.Generator().manual_seed(seed0 + i))
+        # OFA seeded torch's global generator with seed0 + i before building sample i.
+        samples = _samples(vocab, split, seed0, noise_ratio=0.2)
+        for s, want, trace in zip(samples, ref["samples"][key], ref["noise_trace"][key]):
             assert s.source.tolist() == want["source"] and s.target.tolist() == want["target"]
-            assert target_str == want["target_str"]
+            assert s.ref == want["target_str"]
             assert s.prev_output_tokens.tolist() == [vocab.bos] + trace["tokens_out"] == want["prev_output_tokens"]
     # The leading "##" of a headline is stripped from the target but kept in the ROUGE reference.
-    s, target_str = _data(vocab, "train").sample(1)
-    assert target_str.startswith("## killed") and vocab.decode(s.target).startswith("killed")
+    s = _samples(vocab, "train")[1]
+    assert s.ref.startswith("## killed") and vocab.decode(s.target).startswith("killed")
 
 
 def test_noise_draws_are_ofa_draws(ref):
@@ -71,13 +73,14 @@ def test_rouge_of_fixed_hypotheses(ref):
 
 @pytest.fixture(scope="module")
 def valid_batch(ref, vocab):
-    data = _data(vocab, "dev")
-    items = [data.sample(i) for i in range(len(data))]
-    for (s, t), want in zip(items, ref["samples"]["valid_noise_ratio_0"]):
-        assert s.prev_output_tokens.tolist() == want["prev_output_tokens"] and t == want["target_str"]
-    batch = collate([s for s, _ in items], pad=vocab.pad)
-    batch["net_input"]["patch_images"] = batch["net_input"]["patch_masks"] = None
-    return batch, [t for _, t in items]
+    items = _samples(vocab, "dev")
+    for s, want in zip(items, ref["samples"]["valid_noise_ratio_0"]):
+        assert s.prev_output_tokens.tolist() == want["prev_output_tokens"] and s.ref == want["target_str"]
+    batch = collate_task(items, pad=vocab.pad, vocab_size=len(vocab))
+    assert batch["net_input"]["patch_images"] is None
+    for k, v in fg.net_input(ref["batches"]["valid_noise_ratio_0"]).items():
+        assert torch.equal(batch["net_input"][k], v), k
+    return batch, batch["refs"]
 
 
 def test_criterion_and_golden_beam_search(ref, valid_batch, vocab, one_torch_thread):

@@ -8,8 +8,10 @@ import torch
 
 from ofa_ds.generation import GenerationConfig, SequenceGenerator
 from ofa_ds.tasks.criterion import LossOptions, label_smoothed_cross_entropy
-from ofa_ds.tasks.refcoco import (GroundingData, bin_constraint, box_accuracy, boxes_from_tokens,
-                                  collate_grounding, predicted_boxes)
+from ofa_ds.data.tsv import TSVFile
+from ofa_ds.tasks.data import collate_task
+from ofa_ds.tasks.refcoco import (bin_constraint, box_accuracy, boxes_from_tokens, grounding_sample,
+                                  predicted_boxes, resize_ratios)
 from tests.helpers import finetune_golden as fg
 
 
@@ -29,20 +31,21 @@ def vocab(ofa_bpe_dir):
 def batches(ref, vocab):
     out = {}
     for split in ("train", "valid"):
-        data = GroundingData(str(fg.data_file(f"refcoco_{'val' if split == 'valid' else split}.tsv")), vocab)
-        items = [data.sample(i) for i in range(len(data))]
-        for (s, e), want in zip(items, ref["samples"][split]):
+        tsv = TSVFile(fg.data_file(f"refcoco_{'val' if split == 'valid' else split}.tsv"), selected_cols="0,4,2,3")
+        items = [grounding_sample(vocab, tsv.row(i), path=str(tsv.path), row=i) for i in range(len(tsv))]
+        for s, want in zip(items, ref["samples"][split]):
             assert s.id == want["id"] and s.source.tolist() == want["source"]
             assert s.target.tolist() == want["target"] and s.prev_output_tokens.tolist() == want["prev_output_tokens"]
-            assert float(e["w_resize_ratio"]) == want["w_resize_ratio"]
-            assert float(e["h_resize_ratio"]) == want["h_resize_ratio"]
-            assert e["region_coord"].tolist() == want["region_coord"]
-        batch = collate_grounding(items, pad=vocab.pad)
+            assert float(s.extra["w_resize_ratio"]) == want["w_resize_ratio"]
+            assert float(s.extra["h_resize_ratio"]) == want["h_resize_ratio"]
+            assert s.ref == want["region_coord"]
+        batch = collate_task(items, pad=vocab.pad, vocab_size=len(vocab))
         fields = ref["batches"][split]["fields"]
         for k, v in fg.net_input(ref["batches"][split]).items():
             assert torch.equal(batch["net_input"][k], v), k
-        for k in ("w_resize_ratios", "h_resize_ratios", "region_coords"):
-            assert batch[k].tolist() == fields[k]["value"], k
+        w, h = resize_ratios(batch)
+        assert w.tolist() == fields["w_resize_ratios"]["value"] and h.tolist() == fields["h_resize_ratios"]["value"]
+        assert batch["refs"] == fields["region_coords"]["value"]
         out[split] = batch
     return out
 
@@ -80,10 +83,10 @@ def test_golden_boxes_iou_and_accuracy(ref, batches, valid_encoded, vocab, one_t
         assert [h["score"] for h in ours] == pytest.approx([h["score"] for h in theirs], abs=1e-3)
     tokens = torch.stack([h[0]["tokens"][:4] for h in hyps])
     assert (tokens - vocab.bin_offset).tolist() == want["hyp_bins"]
-    boxes = boxes_from_tokens(tokens, vocab, max_image_size=512, w_ratio_B=b["w_resize_ratios"],
-                              h_ratio_B=b["h_resize_ratios"])
+    boxes = boxes_from_tokens(tokens, vocab, max_image_size=512, w_ratio_B=resize_ratios(b)[0],
+                              h_ratio_B=resize_ratios(b)[1])
     torch.testing.assert_close(boxes, torch.tensor(want["hyp_boxes_px"]), rtol=1e-6, atol=0)
-    acc = box_accuracy(boxes, b["region_coords"])
+    acc = box_accuracy(boxes, torch.tensor(b["refs"]))
     for k in ("iou", "inter_w", "inter_h"):
         torch.testing.assert_close(acc[k], torch.tensor(want[k]), rtol=1e-6, atol=1e-9)
     assert acc["score"].tolist() == want["scores"]
@@ -94,10 +97,10 @@ def test_forced_boxes_score_as_ofa(ref, batches, vocab):
     want = ref["valid_step_forced"]
     tokens = torch.tensor(want["forced_tokens"])[:, :4]
     assert (tokens - vocab.bin_offset).tolist() == want["hyp_bins"]
-    boxes = boxes_from_tokens(tokens, vocab, max_image_size=512, w_ratio_B=b["w_resize_ratios"],
-                              h_ratio_B=b["h_resize_ratios"])
+    boxes = boxes_from_tokens(tokens, vocab, max_image_size=512, w_ratio_B=resize_ratios(b)[0],
+                              h_ratio_B=resize_ratios(b)[1])
     torch.testing.assert_close(boxes, torch.tensor(want["hyp_boxes_px"]), rtol=1e-6, atol=1e-6)
-    acc = box_accuracy(boxes, b["region_coords"])
+    acc = box_accuracy(boxes, torch.tensor(b["refs"]))
     torch.testing.assert_close(acc["iou"], torch.tensor(want["iou"]), rtol=1e-6, atol=1e-7)
     assert acc["score"].tolist() == want["scores"] and acc["score"].mean().item() == pytest.approx(2 / 3)
 
@@ -109,4 +112,4 @@ def test_bin_constrained_decoding_gives_boxes(batches, valid_encoded, vocab, one
     boxes = predicted_boxes(gen, batches["valid"], vocab, max_image_size=512, encoder_out=valid_encoded)
     assert boxes.shape == (3, 4) and bool((boxes >= 0).all())
     # within the original images (512 px canvas / ratio)
-    assert bool((boxes[:, 2] <= 512 / batches["valid"]["w_resize_ratios"] + 1e-3).all())
+    assert bool((boxes[:, 2] <= 512 / resize_ratios(batches["valid"])[0] + 1e-3).all())

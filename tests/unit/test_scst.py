@@ -3,6 +3,8 @@ rewards and baseline for fixed candidates, the golden model's 5 beams per image,
 policy-gradient loss in train mode (BatchNorm on batch statistics)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -62,60 +64,58 @@ def vocab(ofa_bpe_dir):
 
 
 @pytest.fixture(scope="module")
-def scst_batch(scst, vocab):
-    """The stage-2 train rows through our caption data path (ids, targets, images as OFA's)."""
-    from ofa_ds.data.collate import collate
-    from ofa_ds.tasks.caption import CaptionData
+def scst_task(vocab, ofa_bpe_dir):
+    from ofa_ds.config.load import load_config
+    from ofa_ds.tasks import build_task
 
-    data = CaptionData(str(fg.data_file("caption_stage2_train.tsv")), vocab, image_size=480,
-                       max_tgt_length=20, references_target=True)
-    samples = [data.sample(i) for i in range(len(data))]
+    cfg = load_config(None, ["task.name=caption_scst", f"data.root={fg.root() / 'data'}",
+                             "task.train=caption_stage2_train.tsv", "task.valid=caption_val.tsv",
+                             f"data.vocab_dir={ofa_bpe_dir}", "data.patch_image_size=480",
+                             "task.options.train_cider_df=cider_train_df_eos.json"])
+    return build_task(cfg, vocab)
+
+
+@pytest.fixture(scope="module")
+def scst_batch(scst, scst_task, vocab):
+    """The stage-2 train rows through our caption_scst task (ids, targets, images as OFA's)."""
+    samples = [scst_task.build_sample("train", i) for i in range(scst_task.num_rows("train"))]
     for ours, ref in zip(samples, scst["samples"]["train"]):
         assert ours.id == ref["id"]
         assert ours.target.tolist() == ref["target"] and ours.prev_output_tokens.tolist() == ref["prev_output_tokens"]
         assert ours.source.tolist() == ref["source"]
-    batch = collate(samples, pad=vocab.pad)
+    batch = scst_task.collate(samples)
     expected = fg.net_input(scst["batches"]["train"])
     for k, v in expected.items():
         assert torch.equal(batch["net_input"][k], v), k
-    return batch, [data.references(i) for i in range(len(data))]
+    return batch, batch["refs"]
 
 
 def _policy_loss(model, net_input, beams, reward, vocab):
     from ofa_ds.tasks.scst import repeat_net_input, scst_loss, teacher_forcing_pair
 
     prev, target = teacher_forcing_pair(beams, bos=vocab.bos, pad=vocab.pad)
-    model.train()
-    try:
-        with torch.no_grad():
-            logits, _ = model(**repeat_net_input(net_input, 5, prev))
-    finally:
-        model.eval()
+    # A copy: train-mode BatchNorm updates its running statistics (the shared model must not change).
+    model = copy.deepcopy(model).train()
+    with torch.no_grad():
+        logits, _ = model(**repeat_net_input(net_input, 5, prev))
     return scst_loss(logits, target, torch.tensor(reward), pad=vocab.pad), target
 
 
-def test_golden_scst_step(scst, scst_batch, vocab, train_df, one_torch_thread):
-    """The golden model's 5 beams per image token for token; all CIDEr 0 so loss 0."""
-    from ofa_ds.generation import GenerationConfig, SequenceGenerator
-    from ofa_ds.tasks.scst import sample_beams
-
-    model = fg.golden_model()
+def test_golden_scst_step(scst, scst_task, scst_batch, vocab, one_torch_thread):
+    """The task's sampling step on the golden model: its 5 beams per image token for token,
+    OFA's texts and references, all CIDEr 0 (so are the rewards and OFA's loss)."""
     batch, refs = scst_batch
     ref = scst["scst_step"]
-    gen = SequenceGenerator(model, GenerationConfig(beam=5, max_len_b=16, no_repeat_ngram_size=3))
-    beams = sample_beams(gen, batch["net_input"])
-    assert [b.tolist() for b in beams] == ref["gen_target"]
+    ready = scst_task.prepare_step(fg.golden_model(), batch)
+    beams = [row[row.ne(vocab.pad)].tolist() for row in ready["scst"]["target"]]
+    assert beams == ref["gen_target"]
     texts = [vocab.decode(b).strip() for b in beams]
-    assert texts == ref["gen_res"]
-    assert refs == [[r for r in g] for g in ref["gt_res"]]
-    scores, _, reward = scst_rewards(texts, refs, train_df)
+    assert texts == ref["gen_res"] and refs == ref["gt_res"]
+    scores, _, reward = scst_rewards(texts, refs, scst_task.train_df)
     np.testing.assert_allclose(scores, ref["scores"], atol=1e-9)
-    # Every reward is 0 (so is OFA's loss); the token count is the teacher-forced targets'.
-    from ofa_ds.tasks.scst import teacher_forcing_pair
-
-    assert not reward.any() and ref["loss"] == 0.0
-    _, target = teacher_forcing_pair(beams, bos=vocab.bos, pad=vocab.pad)
-    assert int(target.ne(vocab.pad).sum()) == ref["sample_size"]
+    assert not ready["scst"]["reward"].any() and not reward.any() and ref["loss"] == 0.0
+    assert ready["ntokens"] == ref["sample_size"] and scst_task.token_counts(ready) == [ref["sample_size"]]
+    assert ready["scst"]["prev_output_tokens"][0].tolist()[:3] == [vocab.bos] + ref["gen_target"][0][:2]
 
 
 def test_golden_scst_forced_loss(scst, scst_batch, vocab, train_df, one_torch_thread):
