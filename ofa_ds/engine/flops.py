@@ -56,7 +56,8 @@ def training_step_flops(cfg: OFAConfig, groups) -> dict:
     for image_size, src_len, tgt_len, n, sampled in groups:
         grid = (image_size // 16) ** 2
         patches = sampled if sampled is not None else grid
-        totals["resnet"] += 3 * n * resnet_forward_flops(tuple(cfg.resnet_layers), image_size)
+        if image_size:  # 0: a text-only batch (no ResNet)
+            totals["resnet"] += 3 * n * resnet_forward_flops(tuple(cfg.resnet_layers), image_size)
         for k, v in transformer_forward_flops(cfg, patches, src_len, tgt_len).items():
             totals[k] += 3 * n * v
     totals["total"] = sum(totals.values())

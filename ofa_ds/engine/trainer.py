@@ -49,7 +49,7 @@ def build_model(cfg: TrainConfig, vocab_size: int):
     m = cfg.model
     overrides = {k: getattr(m, k) for k in MODEL_OVERRIDES}
     if cfg.task.name == "image_gen":  # the code grid of the generated images (OFA: 256 px, 32 x 32)
-        overrides["code_image_size"] = m.code_image_size
+        overrides["code_image_size"] = cfg.data.code_image_size
     if m.init_from:
         # Weights only: the optimizer, schedule and data position start fresh. The image
         # position table is interpolated when training at another resolution than the

@@ -7,8 +7,8 @@ codes as ``<code_i>`` tokens then eos, with ``code_masks`` True (the decoder's i
 positions). The loss is the label-smoothed cross entropy restricted to the specials and
 the code range (``constraint_range``, set from the vocabulary).
 
-The number of codes per image is ``(model.code_image_size / 8)**2``: OFA's 1024 for 256 px
-(``model.code_image_size = 256``). Generation samples ``samples`` code sequences per caption
+The number of codes per image is ``(data.code_image_size / 8)**2``: OFA's 1024 for 256 px
+(``data.code_image_size = 256``; the model's decoder code grid is set to it). Generation samples ``samples`` code sequences per caption
 (top-k 256, temperature 1: OFA's settings) of exactly that length. Predictions hold the
 sampled codes; with ``vqgan`` set they are decoded to PNGs beside the predictions file
 (``ofa_ds/vqgan``). The metric without CLIP is the mean log-probability of the true codes
@@ -89,7 +89,7 @@ class ImageGenTask(FinetuneTask):
         super().__init__(cfg, vocab)
         start_end = self.loss_options.constraint_range or code_range(vocab)
         self.loss_options = LossOptions(**{**self.loss_options.__dict__, "constraint_range": start_end})
-        self.num_codes = (cfg.model.code_image_size // 8) ** 2
+        self.num_codes = (cfg.data.code_image_size // 8) ** 2
         self._vqgan = None
 
     def build_sample(self, split, i):

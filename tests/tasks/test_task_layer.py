@@ -26,6 +26,8 @@ def test_unknown_task_and_unknown_option_are_refused():
     with pytest.raises(ValueError, match="unknown task.name"):
         load_config(None, ["task.name=nope"])
     with pytest.raises(ValueError, match="takes no"):
+        load_config(None, ["task.name=pretrain", "task.options.beam=3"])
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['beam'\]"):
         load_config(None, ["task.name=caption", "task.options.beam=3"])
 
 

@@ -33,7 +33,7 @@ def golden_256():
     """The golden model with OFA's image_gen code grid (code_image_size 256: 32 x 32 codes)."""
     from ofa_ds.model.ofa import OFAModel
 
-    path = fg.shared_dir() / "fixtures" / "ofa_golden" / "ofa_tiny_golden.pt"
+    path = fg.GOLDEN_MODEL
     return OFAModel.from_pretrained(path, config_overrides={**fg.NO_DROPOUT, "code_image_size": 256}).eval()
 
 
