@@ -37,6 +37,9 @@ class CaptionScstTask(CaptionTask):
 
     def __init__(self, cfg, vocab):
         super().__init__(cfg, vocab)
+        if cfg.parallel.pp > 1:
+            raise ValueError("task caption_scst does not run with parallel.pp > 1 (the sampled targets are not "
+                             "pipeline micro-batches); use data and tensor parallelism")
         self._df: DocumentFrequencies | None = None
         self._generator = None
 

@@ -32,6 +32,7 @@ def test_grounding_beats_untrained(sample_data, tmp_path, one_torch_thread):
     before = score("valid")
     trainer.run()
     after = score("valid")
+    print("grounding before/after:", before, after)
     # 40 steps from scratch: the boxes move onto the objects (IoU), Acc@0.5 needs longer.
     assert after["valid_miou"] > before["valid_miou"] + 0.02 and after["valid_loss"] < before["valid_loss"], (before, after)
     assert after["valid_acc"] >= before["valid_acc"]
@@ -46,6 +47,7 @@ def test_gigaword_beats_untrained(sample_data, tmp_path, one_torch_thread):
     before = score("valid")
     trainer.run()
     after = score("valid")
+    print("gigaword before/after:", before, after)
     assert after["valid_rougeL_f1"] > before["valid_rougeL_f1"] + 10, (before, after)
 
 
@@ -62,5 +64,21 @@ def test_scst_raises_cider_over_its_stage1_start(sample_data, tmp_path, one_torc
     before = score("valid")
     history = trainer.run()
     after = score("valid")
+    print("scst before/after:", before, after)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     assert after["valid_cider"] > before["valid_cider"], (before, after)
+
+
+@pytest.mark.parametrize("name", ["caption_scst", "refcoco", "gigaword", "image_gen"])
+def test_shipped_configs_load(name):
+    """The demo and OFA-recipe configs parse and type-check, options included."""
+    from pathlib import Path
+
+    from ofa_ds.config.load import load_config
+    from ofa_ds.tasks import parse_options
+
+    configs = Path(__file__).resolve().parents[2] / "launch" / "configs"
+    for suffix in ("demo_cpu", "base", "large"):
+        cfg = load_config(configs / f"{name}_{suffix}.toml")
+        assert cfg.task.name == name
+        parse_options(cfg)
