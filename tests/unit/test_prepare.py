@@ -487,7 +487,7 @@ def test_inspect_reports_and_draws(tmp_path):
 
 # ------------------------------------------------------ through the finetuning task readers
 
-def test_outputs_build_finetuning_samples(tmp_path, ofa_bpe_dir, monkeypatch):
+def test_outputs_build_finetuning_samples(tmp_path, ofa_bpe_dir, monkeypatch, one_torch_thread):
     """Converter outputs are what the finetuning tasks (ofa_ds/tasks) read: samples build."""
     from ofa_ds.config.load import load_config
     from ofa_ds.tasks import build_task
@@ -529,6 +529,30 @@ def test_outputs_build_finetuning_samples(tmp_path, ofa_bpe_dir, monkeypatch):
     assert s.ref == {"maybe": 1.0}
     s = task("rte", "glue-rte-00000.tsv").build_sample("train", 0)
     assert s.ref == {"yes": 1.0}
+
+    scene = save_scene(imgs / "COCO_train2014_000000000007.jpg", 7)
+    box = scene.shapes[0].box
+    with open(tmp_path / "refs.p", "wb") as f:
+        pickle.dump([{"ref_id": 1, "ann_id": 9, "image_id": 7, "split": "train",
+                      "sentences": [{"sent_id": 1, "sent": "the shape"}]}], f)
+    (tmp_path / "inst.json").write_text(json.dumps({
+        "images": [{"id": 7, "file_name": "COCO_train2014_000000000007.jpg"}],
+        "annotations": [{"id": 9, "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]}]}))
+    assert run_prepare("refcoco", "--refs", tmp_path / "refs.p", "--instances", tmp_path / "inst.json", "--images",
+                       imgs, "--out", out, "--workers", 0) == 0
+    s = task("refcoco", "refcoco-train-00000.tsv").build_sample("train", 0)
+    assert len(s.target) == 5 and s.target[:4].min() >= vocab.bin_offset
+    (tmp_path / "a.txt").write_text("the ## people said on monday\n")
+    (tmp_path / "t.txt").write_text("people said\n")
+    assert run_prepare("gigaword", "--source", tmp_path / "a.txt", "--target", tmp_path / "t.txt", "--out", out,
+                       "--workers", 0) == 0
+    s = task("gigaword", "gigaword-00000.tsv").build_sample("train", 0)
+    assert vocab.decode(s.target[:-1]).strip() == "people said"
+    (tmp_path / "gen.jsonl").write_text(json.dumps({"image": "77.jpg", "caption": "Two Shapes"}) + "\n")
+    assert run_prepare("image-codes", "--task", "text-to-image", "--images", imgs, "--captions", tmp_path / "gen.jsonl",
+                       "--out", out, "--random-init", "--flavor", "tiny") == 0
+    s = task("image_gen", "image-codes-text-to-image-00000.tsv", **{"data.code_image_size": 256}).build_sample("train", 0)
+    assert len(s.target) == 1025 and s.code_mask and s.target[:-1].min() >= vocab.code_offset
 
 
 def test_records_stream_one_shard_at_a_time(tmp_path):
