@@ -22,6 +22,7 @@ setup(
         "pycocoevalcap",
         "rouge-score",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    # transformers: the small random CLIP of the CLIP-SCST test (users load their CLIP with it too).
+    extras_require={"test": ["pytest", "pytest-timeout", "transformers"]},
     entry_points={"console_scripts": ["ofa-ds=ofa_ds.cli:main"]},
 )

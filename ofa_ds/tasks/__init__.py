@@ -47,6 +47,7 @@ TASKS: dict[str, str] = {
     "refcoco": "ofa_ds.tasks.refcoco:RefcocoTask",
     "gigaword": "ofa_ds.tasks.gigaword:GigawordTask",
     "image_gen": "ofa_ds.tasks.image_gen:ImageGenTask",
+    "image_gen_clip_scst": "ofa_ds.tasks.image_gen_clip_scst:ImageGenClipScstTask",
 }
 ALIASES = {"vqa": "vqa_gen", "imagenet": "image_classify", "refcocoplus": "refcoco", "refcocog": "refcoco"}
 

@@ -36,9 +36,16 @@ def scst_rewards(hypotheses: list[str], references: list[list[str]], df: Documen
     scores = np.array(cider_d_scores([scst_sentence(h) for h in hypotheses],
                                      [refs[i // K] for i in range(len(hypotheses))], document_frequencies=df),
                       dtype=np.float64)
-    s_BK = scores.reshape(B, K)
-    baseline = (s_BK.sum(1, keepdims=True) - s_BK) / (K - 1)
-    return scores, baseline, (s_BK - baseline).reshape(-1)
+    baseline, reward = leave_one_out(scores, K)
+    return scores, baseline, reward
+
+
+def leave_one_out(scores_N: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(baseline [B, k], reward [N]): each sample's baseline is the mean score of the other
+    k-1 samples of its input."""
+    s_BK = np.asarray(scores_N, dtype=np.float64).reshape(-1, k)
+    baseline = (s_BK.sum(1, keepdims=True) - s_BK) / (k - 1)
+    return baseline, (s_BK - baseline).reshape(-1)
 
 
 def teacher_forcing_pair(samples: list[torch.Tensor], *, bos: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
