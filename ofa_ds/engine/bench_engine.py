@@ -175,7 +175,8 @@ class Run:
         return float(loss.detach())
 
     def close(self) -> None:
-        self.engine.destroy() if hasattr(self.engine, "destroy") else None
+        if hasattr(self.engine, "destroy"):
+            self.engine.destroy()
         self.engine = None
 
 
@@ -472,7 +473,9 @@ def main(argv=None) -> int:
     # Interleaved compiled variants share code objects; keep dynamo from falling back to eager.
     import torch._dynamo
 
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
     device = args.device
     n = 8192 if device.type == "cuda" else 512
     peak = measure_matmul_peak(device, args.dtype, n=n)
