@@ -123,10 +123,18 @@ class TrainSection:
     """Finetuning: export the model with the best valid metric so far to out_dir/best
     (ofa-ds format, with best.json naming the step and metric)."""
     resume: bool = False
-    """Continue from out_dir/checkpoints/latest (same losses as an uninterrupted run)."""
+    """Continue from out_dir/checkpoints/latest (same losses as an uninterrupted run); the
+    layout (parallel.tp/pp, world size, zero_stage) may differ when the checkpoint has its
+    layout-free copy."""
     trust_checkpoint_pickle: bool = False
     """Resume with full pickle (torch.load weights_only=False), which can run code from the files:
     only for trusted checkpoints whose types are outside the allow-list (ofa_ds/engine/safe_load.py)."""
+    drift_check_every: int = 0
+    """With parallel.tp > 1: every N steps assert that replicated parameters (LayerNorms,
+    biases, the ResNet) are bit-identical across the TP ranks (0: never)."""
+    layout_free_checkpoint: bool = True
+    """Also save fp32 weights + Adam moments under single-device names (checkpoints/step_N/
+    portable/): lets --resume change TP/PP/DP/ZeRO and `ofa-ds convert` export step_N."""
     tensorboard: bool = True
     wandb_project: str | None = None
     """Also log to Weights & Biases under this project (needs `pip install wandb`; not imported

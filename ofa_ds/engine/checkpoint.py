@@ -119,13 +119,17 @@ def _abandon(ckpt_dir: Path, tag: str, step: int, previous: str | None, failure,
     raise CheckpointSaveError(f"{what}; {kept}{cause}") from (failure[0] if failure is not None else None)
 
 
-def save(engine, ckpt_dir: Path, step: int, ours: dict, *, rank: int, keep_last: int) -> str:
+def save(engine, ckpt_dir: Path, step: int, ours: dict, *, rank: int, keep_last: int, write_extra=None) -> str:
+    """``write_extra(step_dir)``: more files of this checkpoint (collective), written before
+    ``latest`` may move (the layout-free copy, ``engine/portable.py``)."""
     tag = tag_for(step)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     previous = read_latest(ckpt_dir)
 
     def write_files():
         engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
+        if write_extra is not None:  # collective (the layout-free copy gathers over DP)
+            write_extra(ckpt_dir / tag)
         torch.save({**ours, "rng": rng_state(), "step": step}, ckpt_dir / tag / f"ofa_rank{rank}.pt")
 
     # Every rank's files are on disk (or a rank failed) before the pointer moves; _agree is the barrier.
@@ -165,4 +169,9 @@ def load(engine, ckpt_dir: Path, *, rank: int, world_size: int, trusted: bool = 
     load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if load_path is None:
         raise ValueError(f"DeepSpeed could not load {ckpt_dir / tag}")
+    return read_rank_state(path, trusted=trusted)
+
+
+def read_rank_state(path: Path, *, trusted: bool = False) -> dict:
+    """One rank's ``ofa_rank{r}.pt`` (data position, RNG, step, config), ``weights_only``."""
     return safe_load(path, trusted=trusted)

@@ -32,6 +32,14 @@ class Layout:
                              "sampling cannot apply to the vision-language group alone: set "
                              "data.sample_patch_num=none")
 
+    def describe(self, world_size: int | None = None) -> dict:
+        """The layout a checkpoint records (``engine/portable.py``); plain JSON values."""
+        import torch.distributed as dist
+
+        world = world_size if world_size is not None else dist.get_world_size()
+        return {"tp": self.tp, "pp": self.pp, "dp": world // (self.tp * self.pp), "world_size": world,
+                "zero_stage": self.cfg.train.zero_stage}
+
     def model_vocab_size(self, vocab_size: int) -> int:
         """Rows of the embedding for this layout (padded under TP)."""
         if self.tp == 1:
@@ -84,8 +92,35 @@ class Layout:
         module = build_pipeline_module(model.config, self.dims, self.groups, pipeline_loss_fn,
                                        state_dict=model.state_dict(), image_size=d.patch_image_size,
                                        text_len=d.max_src_length, tgt_len=d.max_tgt_length)
+        # The pieces are new modules: apply the model options to them again (freezing by
+        # single-device name; the same per-layer recomputation as the single-device model).
+        from ofa_ds.kernels.wrap import apply_activation_checkpointing
+        from ofa_ds.parallel.pipeline import _local_pieces
+
+        for piece in _local_pieces(module):
+            freeze(piece, self.cfg)
+            if self.cfg.model.activation_checkpointing:
+                apply_activation_checkpointing(piece)
         return deepspeed_initialize(module, self.groups, ds_config, model_parameters=params(module),
                                     lr_scheduler=lr_scheduler)
+
+    def check_drift(self, engine, step: int) -> None:
+        """Replicated parameters must be bit-identical across the TP group (the TP layers
+        keep them so by construction; non-deterministic GPU kernels can break it). Collective
+        over TP; raises naming the first parameter that differs."""
+        if self.tp == 1:
+            return
+        from ofa_ds.engine.portable import local_modules
+        from ofa_ds.parallel.plan import replicated_mismatch
+
+        for module in local_modules(engine.module):
+            bad = replicated_mismatch(module, self.groups.tp, "param")
+            if bad:
+                name, diff = next(iter(bad.items()))
+                raise RuntimeError(f"step {step}: replicated parameter {name} differs across the {self.tp} TP ranks "
+                                   f"(max |diff| {diff:.3e}; {len(bad)} parameters differ). The copies drifted "
+                                   f"apart, e.g. through non-deterministic kernels: resume from the last checkpoint "
+                                   f"with deterministic algorithms (torch.use_deterministic_algorithms)")
 
     def full_state_dict(self, engine) -> dict | None:
         """The single-device state dict on global rank 0 (None elsewhere); collective."""
@@ -123,6 +158,34 @@ class Layout:
                          and k.endswith(("embed_tokens.weight", "output_projection.weight")) else v)
                      for k, v in state.items()}
         return state
+
+
+RESNET_PREFIX = "encoder.embed_images."
+
+
+def freeze(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """``model.freeze_resnet``: no gradients for the ResNet, found by its single-device
+    names, so it works on an ``OFAModel`` and on pipeline pieces alike."""
+    if cfg.model.freeze_resnet:
+        for name, p in model.named_parameters():
+            if name.startswith(RESNET_PREFIX):
+                p.requires_grad_(False)
+
+
+def _running_statistics(bn, args) -> None:
+    bn.training = False
+
+
+def frozen_batchnorms(module: torch.nn.Module, cfg: TrainConfig) -> list:
+    """Keep every BatchNorm on its running statistics while training (freeze options).
+    A forward pre-hook, not ``eval()`` once: DeepSpeed's pipeline engine calls
+    ``module.train()`` at the start of every ``train_batch``."""
+    if not (cfg.model.freeze_resnet or cfg.model.freeze_batchnorm):
+        return []
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.register_forward_pre_hook(_running_statistics)
+    return bns
 
 
 def pad_vocab(model, rows: int):

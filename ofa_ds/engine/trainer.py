@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from ofa_ds.config.flavors import get_flavor
 from ofa_ds.config.load import to_dict, validate
 from ofa_ds.config.schema import TrainConfig
 from ofa_ds.engine import checkpoint as ckpt
+from ofa_ds.engine import portable
 from ofa_ds.engine.distributed import all_reduce_sum, init_distributed
 from ofa_ds.engine.ds_config import OWNED_KEYS, build_ds_config, write_ds_config
 from ofa_ds.engine.flops import measure_matmul_peak, training_step_flops
 from ofa_ds.engine.grad_norm import GradNormTracker
-from ofa_ds.engine.layout import Layout, pad_vocab
+from ofa_ds.engine.layout import Layout, freeze, frozen_batchnorms, pad_vocab
 from ofa_ds.engine.schedule import build_scheduler
 from ofa_ds.tasks import build_task
 from ofa_ds.tasks.base import move_to
@@ -43,13 +44,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: TrainConfig, vocab_size: int):
+def build_model(cfg: TrainConfig, vocab_size: int, zero3_config: dict | None = None):
+    """``zero3_config`` (the DeepSpeed JSON): build under ``deepspeed.zero.Init``, so each
+    rank only ever holds its partition, and copy ``init_from`` weights in one parameter at a
+    time (read on rank 0 only)."""
     from ofa_ds.model.ofa import OFAModel
 
     m = cfg.model
     overrides = {k: getattr(m, k) for k in MODEL_OVERRIDES}
     if cfg.task.name == "image_gen":  # the code grid of the generated images (OFA: 256 px, 32 x 32)
         overrides["code_image_size"] = cfg.data.code_image_size
+    if zero3_config is not None:
+        return _build_partitioned(cfg, vocab_size, zero3_config, overrides)
     if m.init_from:
         # Weights only: the optimizer, schedule and data position start fresh. The image
         # position table is interpolated when training at another resolution than the
@@ -75,14 +81,47 @@ def speed_options(m):
     return SpeedOptions(**{f.name: getattr(m, f.name) for f in fields(SpeedOptions)})
 
 
-def freeze(model, cfg: TrainConfig) -> list[nn.Module]:
-    """Apply the freeze options; returns the BatchNorm modules to keep in eval mode."""
-    if cfg.model.freeze_resnet:
-        for p in model.encoder.embed_images.parameters():
-            p.requires_grad_(False)
-    if cfg.model.freeze_resnet or cfg.model.freeze_batchnorm:
-        return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    return []
+def _build_partitioned(cfg: TrainConfig, vocab_size: int, ds_config: dict, overrides: dict):
+    import deepspeed
+    import torch.distributed as dist
+
+    from ofa_ds.model.checkpoint import check_keys, pretrained_state
+    from ofa_ds.model.ofa import OFAModel
+
+    m, state = cfg.model, None
+    if m.init_from:
+        if dist.get_rank() == 0:
+            state, config = pretrained_state(m.init_from, config_overrides=overrides,
+                                             patch_image_size=m.patch_image_size)
+            config_dict = config.to_dict()
+        else:
+            config_dict = None
+        shared = [config_dict]
+        dist.broadcast_object_list(shared, src=0)
+        from ofa_ds.model.config import OFAConfig
+
+        config = OFAConfig.from_dict(shared[0])
+        if config.vocab_size != vocab_size:
+            raise ValueError(f"{m.init_from} has a {config.vocab_size}-entry vocabulary but "
+                             f"data.vocab_dir gives {vocab_size}; use the checkpoint's vocabulary")
+    else:
+        config = get_flavor(m.flavor, vocab_size=vocab_size, **overrides)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config):
+        model = OFAModel(config, init_weights=not m.init_from)
+    if state is not None:
+        check_keys(set(model.state_dict()), set(state), m.init_from)
+    if m.init_from:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                    if state is not None:
+                        p.copy_(state.pop(name))
+            buffers = dict(model.named_buffers())  # not partitioned: small, sent once
+            shared = [{k: state[k] for k in buffers if k in state} if state is not None else None]
+            dist.broadcast_object_list(shared, src=0)
+            for name, value in shared[0].items():
+                buffers[name].copy_(value)
+    return model
 
 
 class Trainer:
@@ -94,6 +133,9 @@ class Trainer:
 
         validate(cfg)  # a config built in code gets the same refusals as a loaded one, before any build
         self.cfg = cfg
+        # A layout change on --resume is checked before any process group exists.
+        self._resume_kind = portable.check_resume(cfg, int(os.environ.get("WORLD_SIZE", "1"))) \
+            if cfg.train.resume else None
         self.rank, self.world_size = init_distributed()
         self.out_dir = Path(cfg.train.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -109,6 +151,7 @@ class Trainer:
         if cfg.model.moe_layers:
             self.task.moe_aux_weight = cfg.model.moe_aux_weight / (cfg.train.grad_accum * self.world_size)
         self._build_engine(model)
+        self.rng = self._step_rng()
         # Data is sharded over data-parallel ranks only: TP and PP ranks of one replica read the same.
         self.loader = self.task.build_train_loader(rank=self.layout.dp_rank, world_size=self.layout.dp_size,
                                                    seed=cfg.train.seed)
@@ -122,9 +165,13 @@ class Trainer:
     def _build_model(self):
         """Fresh or ``init_from`` weights, vocab padded for TP, freezing, checkpointing, MoE."""
         m = self.cfg.model
-        model = build_model(self.cfg, len(self.vocab))
+        zero3 = None
+        if self.cfg.train.zero_stage == 3 and not self.layout.parallel and not m.moe_layers:
+            # TP models are built full-size and split first (parallel/engine_glue.zero_init).
+            zero3 = build_ds_config(self.cfg, on_gpu=torch.cuda.is_available())
+        model = build_model(self.cfg, len(self.vocab), zero3_config=zero3)
         model = pad_vocab(model, self.layout.model_vocab_size(len(self.vocab)))
-        self.frozen_bn = freeze(model, self.cfg)
+        freeze(model, self.cfg)
         if m.activation_checkpointing:
             from ofa_ds.kernels.wrap import apply_activation_checkpointing
 
@@ -162,7 +209,21 @@ class Trainer:
                                                                    pipeline_loss_fn=self._pipeline_loss)
         self.grad_norm = GradNormTracker(self.engine)
         self.dp_group = self.layout.groups.dp_group if self.layout.parallel else None
+        # From the engine's module: under PP the model above was rebuilt as pipeline pieces.
+        self.frozen_bn = frozen_batchnorms(self.engine.module, cfg)
         self.float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
+
+    def _step_rng(self):
+        """Per-step seeds for this (data-parallel rank, pipeline stage); see parallel/random.py."""
+        from ofa_ds.parallel.random import StepRNG
+
+        groups = self.layout.groups
+        rng = StepRNG(self.cfg.train.seed, dp_rank=self.layout.dp_rank,
+                      pp_rank=groups.pp_rank if groups is not None else 0, device=self.engine.device)
+        encoder = getattr(self.engine.module, "encoder", None)
+        if encoder is not None:  # the pipeline refuses patch sampling (Layout)
+            encoder.patch_generator = rng.patch_generator
+        return rng
 
     def _log_setup(self, model) -> None:
         t = self.cfg.train
@@ -172,7 +233,7 @@ class Trainer:
                     "vision-language" if self.cfg.task.name == "pretrain" else "task", self.layout.tp,
                     self.layout.pp)
         logger.info("model: %s, %s parameters; ZeRO stage %d; precision %s", self.cfg.model.flavor,
-                    f"{sum(p.numel() for p in model.parameters()):,}",
+                    f"{sum(getattr(p, 'ds_numel', p.numel()) for p in model.parameters()):,}",
                     self.ds_config["zero_optimization"]["stage"], t.precision)
         written = write_ds_config(self.ds_config, self.out_dir)
         logger.info("DeepSpeed config: template %s; ofa-ds set %s from its config; resolved JSON in %s",
@@ -180,19 +241,50 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------
     def _resume(self) -> None:
+        if self._resume_kind == "portable":
+            return self._resume_across_layouts()
         ours = ckpt.load(self.engine, self.ckpt_dir, rank=self.rank, world_size=self.world_size,
                          trusted=self.cfg.train.trust_checkpoint_pickle)
         self.loader.load_state_dict(ours["data"])
         ckpt.set_rng_state(ours["rng"])
+        if "step_rng" in ours:
+            self.rng.load_state_dict(ours["step_rng"])
         self.step = ours["step"]
         self.best.best = ours.get("best")
         if self.rank == 0:
             logger.info("resumed from %s at step %d", ckpt.read_latest(self.ckpt_dir), self.step)
 
+    def _resume_across_layouts(self) -> None:
+        """From the layout-free copy: weights, Adam moments and step, LR schedule, data
+        position (rank 0's; the loader maps it onto this layout's rows per step)."""
+        tag = ckpt.read_latest(self.ckpt_dir)
+        step_dir = self.ckpt_dir / tag
+        meta = portable.load(self.engine, step_dir, layout=self.layout)
+        self.scheduler.load_state_dict(meta["scheduler"])
+        for group, lr in zip(self.scheduler.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr
+        ours = ckpt.read_rank_state(step_dir / "ofa_rank0.pt")
+        self.loader.load_state_dict(ours["data"])
+        self.step = self.engine.global_steps = ours["step"]
+        if self.rank == 0:
+            logger.info("resumed from %s at step %d across layouts: written with %s", step_dir, self.step,
+                        {k: meta[k] for k in ("tp", "pp", "dp", "zero_stage")})
+
     def save(self) -> str:
-        ours = {"data": self.loader.state_dict(), "config": to_dict(self.cfg), "best": self.best.best}
+        ours = {"data": self.loader.state_dict(), "config": to_dict(self.cfg), "best": self.best.best,
+                "step_rng": self.rng.state_dict()}
+        extra = self._save_portable if self.cfg.train.layout_free_checkpoint else self._save_layout
         return ckpt.save(self.engine, self.ckpt_dir, self.step, ours, rank=self.rank,
-                         keep_last=self.cfg.train.keep_last)
+                         keep_last=self.cfg.train.keep_last, write_extra=extra)
+
+    def _save_portable(self, step_dir: Path) -> None:
+        portable.save(self.engine, step_dir, layout=self.layout, step=self.step, valid_vocab_size=len(self.vocab),
+                      model_config=self.model_config.replace(vocab_size=len(self.vocab)).to_dict(),
+                      scheduler_state=self.scheduler.state_dict())
+
+    def _save_layout(self, step_dir: Path) -> None:
+        if self.rank == 0:  # so a resume in another layout is refused with the writer's layout named
+            (step_dir / portable.LAYOUT_FILE).write_text(json.dumps({**self.layout.describe(), "portable": False}))
 
     def export(self, path, format: str = "ofa-ds"):
         """Write the trained model through the checkpoint converter (rank 0; collective)."""
@@ -224,6 +316,8 @@ class Trainer:
         """One optimizer step over ``grad_accum`` micro-batches."""
         gas = self.cfg.train.grad_accum
         micro = [move_to(next(batches), self.engine.device, self.float_dtype) for _ in range(gas)]
+        # After the loader: a new DataLoader iterator draws its base seed from the global RNG.
+        self.rng.begin_step(self.step)
         if hasattr(self.task, "prepare_step"):  # targets sampled from the model first (SCST)
             micro = [self.task.prepare_step(self.engine.module, b) for b in micro]
         # Per-group token counts of the whole step, over every data-parallel rank.
@@ -307,6 +401,8 @@ class Trainer:
                        samples_per_s=out["nsamples"] / dt, tokens_per_s=out["ntokens"] / dt,
                        mfu=flops["total"] * t.grad_accum / dt / peak)
             history.append({"step": self.step, **out})
+            if t.drift_check_every and self.step % t.drift_check_every == 0:
+                self.layout.check_drift(self.engine, self.step)
             metrics.log_step(self.step, out)
             if t.image_log_every and self.step % t.image_log_every == 1 % t.image_log_every:
                 metrics.log_example(self.step, *self.task.example_for_logging(self._last_batch))

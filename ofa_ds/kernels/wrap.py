@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 
 def _transformer_layers(model: nn.Module) -> list[nn.Module]:
+    from ofa_ds.model.layers import DecoderLayer, EncoderLayer
+
+    if getattr(model, "ofa_pipeline_piece", False):  # a pipeline piece: whichever layers it holds
+        return [m for m in model.modules() if isinstance(m, (EncoderLayer, DecoderLayer))]
     layers = []
     for part in ("encoder", "decoder"):
         stack = getattr(getattr(model, part, None), "layers", None)

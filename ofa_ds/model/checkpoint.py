@@ -4,6 +4,9 @@
 * ``hf``: the OFA-HF layout, a directory with ``config.json`` and ``pytorch_model.bin``
   or ``model.safetensors``.
 * ``ofa-ds``: a directory with ``ofa_config.json`` and ``model.safetensors``.
+* ``training``: a mid-run checkpoint ``<out>/checkpoints/step_N`` (read only), through its
+  layout-free copy ``portable/`` (``ofa_ds/engine/portable.py``), whatever the writer's
+  TP/PP/DP/ZeRO layout.
 
 Loading is strict: a missing or unexpected key is an error that lists them. The only
 keys that may be absent are the deterministic buffers (bucket tables, code positions,
@@ -34,8 +37,16 @@ def detect_format(path: Path) -> str:
         return "ofa-ds"
     if (path / HF_CONFIG).is_file():
         return "hf"
+    if (path / "portable" / "meta.pt").is_file():
+        return "training"
+    hint = ""
+    if (path / "latest").is_file() or any(path.glob("ofa_rank*.pt")):
+        hint = (" This is a training checkpoint without its layout-free copy (saved with "
+                "train.layout_free_checkpoint=false, or by an older ofa-ds): resume it in its own layout "
+                "and export from there")
     raise ValueError(f"{path}: not an OFA checkpoint (expected a fairseq .pt file, or a directory "
-                     f"with {OURS_CONFIG} (ofa-ds) or {HF_CONFIG} (OFA-HF))")
+                     f"with {OURS_CONFIG} (ofa-ds), {HF_CONFIG} (OFA-HF) or portable/ (a training "
+                     f"checkpoint step_N)).{hint}")
 
 
 def load_fairseq_file(path: Path) -> dict:
@@ -54,6 +65,11 @@ def _read_state_and_config(path: Path, fmt: str) -> tuple[dict, OFAConfig]:
             raise ValueError(f"{path}: no 'model' entry; keys are {sorted(ckpt)}")
         state = dict(ckpt["model"])
         return state, sda.config_from_fairseq(ckpt, state)
+    if fmt == "training":
+        from ofa_ds.engine import portable
+
+        state = {**portable.merged_state(path, "param"), **portable.merged_state(path, "buffer")}
+        return state, OFAConfig.from_dict(portable.read_meta(path)["model_config"])
     if fmt == "ofa-ds":
         from safetensors.torch import load_file
 
@@ -98,17 +114,14 @@ def interpolate_image_positions(weight: torch.Tensor, bucket_size: int, from_gri
     return out
 
 
-def load_pretrained(path, *, patch_image_size: int | None = None, dtype=torch.float32,
-                    config_overrides: dict | None = None):
-    """``dtype=None`` keeps the checkpoint's own dtype (that of its token embedding)."""
-    from ofa_ds.model.ofa import OFAModel
-
+def pretrained_state(path, *, patch_image_size: int | None = None,
+                     config_overrides: dict | None = None) -> tuple[dict, OFAConfig]:
+    """A checkpoint's single-device state dict (our names, tied, derived buffers stripped,
+    positions interpolated; the checkpoint's dtype) and its config, without building a model."""
     path = Path(path)
     fmt = detect_format(path)
     state, config = _read_state_and_config(path, fmt)
     state = sda.tie_embeddings(state, str(path))
-    if dtype is None:
-        dtype = state[sda.TIED_NAMES[0]].dtype
     state = sda.strip_derived_buffers(state, config, str(path))
     if config_overrides:
         config = config.replace(**config_overrides)
@@ -117,7 +130,17 @@ def load_pretrained(path, *, patch_image_size: int | None = None, dtype=torch.fl
         state[name] = interpolate_image_positions(
             state[name], config.image_bucket_size, config.patch_image_size // 16, patch_image_size // 16)
         config = config.replace(patch_image_size=patch_image_size)
+    return state, config
 
+
+def load_pretrained(path, *, patch_image_size: int | None = None, dtype=torch.float32,
+                    config_overrides: dict | None = None):
+    """``dtype=None`` keeps the checkpoint's own dtype (that of its token embedding)."""
+    from ofa_ds.model.ofa import OFAModel
+
+    state, config = pretrained_state(path, patch_image_size=patch_image_size, config_overrides=config_overrides)
+    if dtype is None:
+        dtype = state[sda.TIED_NAMES[0]].dtype
     model = OFAModel(config, init_weights=False)
     check_keys(set(model.state_dict()), set(state), str(path))
     # Upcast fp16 checkpoints before the copy: load_state_dict would copy into fp32 anyway,

@@ -53,6 +53,9 @@ class PositionalStack(nn.Module):
 
 
 class OFAEncoder(PositionalStack):
+    patch_generator: torch.Generator | None = None
+    """Set by the trainer (``StepRNG``); not a parameter or buffer, so never saved."""
+
     def __init__(self, cfg: OFAConfig, embed_tokens: nn.Embedding):
         super().__init__()
         d, H = cfg.embed_dim, cfg.encoder_heads
@@ -82,9 +85,11 @@ class OFAEncoder(PositionalStack):
         patches = feats.flatten(2).transpose(1, 2)  # [B, h*w, 1024], row-major
         ids = image_position_ids(h, w, self.cfg.image_bucket_size).to(patches.device).expand(B, -1)
         if sample_patch_num is not None:
-            # An independent random subset of patches per image; torch's RNG (upstream uses
-            # Python's random), so seeding torch makes it reproducible.
-            keep = torch.rand(B, h * w, device=patches.device).argsort(dim=1)[:, :sample_patch_num]
+            # An independent random subset of patches per image, from ``patch_generator`` when
+            # the trainer set one (seeded per step and rank, checkpointed), else torch's
+            # global RNG (upstream uses Python's random).
+            keep = torch.rand(B, h * w, device=patches.device,
+                              generator=self.patch_generator).argsort(dim=1)[:, :sample_patch_num]
             patches = patches.gather(1, keep[..., None].expand(-1, -1, patches.shape[-1]))
             ids = ids.gather(1, keep)
         padding = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)

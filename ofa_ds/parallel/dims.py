@@ -42,7 +42,7 @@ class ParallelDims:
     """Pipeline stages (DeepSpeed PipelineModule); outermost axis."""
     zero_stage: int = 1
     offload: bool = False
-    """CPU offload: optimizer states (any ZeRO stage >= 1), plus parameters at ZeRO-3."""
+    """CPU offload of parameters and optimizer states (ZeRO-3 only, as train.offload)."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism inside the TP group (not implemented for OFA yet)."""
     pipe_partitioned: bool = False
@@ -116,13 +116,16 @@ class ParallelDims:
                 f"pipeline parallelism (pp={self.pp}) with ZeRO-{self.zero_stage}: DeepSpeed's pipeline "
                 f"engine supports ZeRO 0/1 only. Use zero_stage=1 with pp>1, or pp=1 with ZeRO-2/3 "
                 f"(add tp or offload to fit memory)")
-        if self.offload and self.zero_stage == 0:
-            raise ValueError("offload needs ZeRO (stage >= 1) to own the optimizer states; set zero_stage >= 1")
         if self.offload and self.pp > 1:
             raise ValueError(
                 "CPU offload with pipeline parallelism is not supported here (DeepSpeed has no parameter "
                 "offload with pp and we never verified optimizer offload with it); use pp=1 with ZeRO-3 "
                 "+ offload, or pp>1 without offload")
+        if self.offload and self.zero_stage != 3:
+            # The trainer's config (train.offload) and ds_configs/zero3_offload.json offload
+            # both parameters and optimizer states, which only ZeRO-3 can.
+            raise ValueError(f"offload needs zero_stage=3 (parameters and optimizer states both go to CPU), "
+                             f"got zero_stage={self.zero_stage}")
         if self.sequence_parallel and self.pp > 1 and self.pipe_partitioned:
             raise ValueError(
                 "sequence parallelism with partitioned pipeline activations: DeepSpeed splits the first "

@@ -85,6 +85,8 @@ def _sendable(*tensors) -> tuple:
 class _Piece(nn.Module):
     """A pipeline layer holding submodules under single-device FQNs."""
 
+    ofa_pipeline_piece = True
+
     def _put(self, fqn: str, module: nn.Module) -> None:
         parent = self
         *path, leaf = fqn.split(".")

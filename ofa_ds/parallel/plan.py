@@ -246,7 +246,7 @@ def replicated_mismatch(model: nn.Module, tp, what: str = "grad") -> dict[str, f
         return {}
     names, flats = [], []
     for name, p in model.named_parameters():
-        t = p.grad if what == "grad" else p
+        t = p.grad if what == "grad" else getattr(p, "ds_tensor", p)  # ZeRO-3: the same slice on TP peers
         if is_sharded(p) or t is None:
             continue
         names.append(name)

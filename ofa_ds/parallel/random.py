@@ -4,7 +4,7 @@ Three kinds of randomness occur in OFA's forward pass:
 
 1. *Replicated regions* (embedding/residual dropout, drop-path, patch sampling) work on
    tensors every TP rank holds in full. They use torch's default generator, which must be
-   seeded identically on the ranks of a TP group (``seed_for_rank``); then the masks agree
+   seeded identically on the ranks of a TP group (``StepRNG``); then the masks agree
    across TP ranks and are the masks a TP=1 run draws.
 2. *Sharded dropout* (the FFN activation dropout, on the F/tp slice after ``fc1``) must
    give each rank its slice of the mask a TP=1 run would draw. ``sharded_dropout`` draws
@@ -19,6 +19,14 @@ Three kinds of randomness occur in OFA's forward pass:
    heads on different ranks get independent masks: statistically what TP=1 does, but not
    the same bits. OFA's released recipes use attention_dropout = 0.
 
+Across data-parallel replicas and pipeline stages the streams must differ (replicas see
+different data; stages run different layers), and a resumed run must draw what the
+uninterrupted one drew whatever else touched the generators (a new DataLoader iterator
+consumes a draw from the global RNG). ``StepRNG`` therefore reseeds, at the start of every
+optimizer step, the default generator and a dedicated patch-sampling generator from
+``(seed, step, dp_rank, pp_rank)``: the TP rank is not an input, so 1. and 2. hold; masks
+depend only on the step and the replica, never on history.
+
 Why derived seeds instead of a stateful tracker (Megatron's ``CudaRNGStatesTracker``):
 activation checkpointing (torch or DeepSpeed) restores the *default* generator before
 recomputing a block; a seed derived from it is therefore re-derived identically during
@@ -28,6 +36,7 @@ masks in the recomputed forward.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import torch
 
@@ -36,10 +45,41 @@ from ofa_ds.parallel.groups import TPContext
 _SEED_RANGE = 2**62
 
 
-def seed_for_rank(seed: int, dp_rank: int = 0, pp_rank: int = 0) -> int:
-    """The default-generator seed of a rank: equal across a TP group (replicated regions
-    must draw the same masks), different across DP replicas and pipeline stages."""
-    return seed + 1_000_003 * dp_rank + 7_919 * pp_rank
+def step_seed(seed: int, step: int, dp_rank: int = 0, pp_rank: int = 0, stream: str = "default") -> int:
+    """A 63-bit seed for one optimizer step of one (replica, stage); ``stream`` separates
+    independent uses (the default generator, patch sampling). The same on every TP rank."""
+    key = f"{seed}/{step}/{dp_rank}/{pp_rank}/{stream}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+class StepRNG:
+    """The training loop's randomness: ``begin_step(step)`` seeds the default generator
+    (dropout, drop-path) and ``patch_generator`` (the encoder's patch sampling) for that
+    step of this (data-parallel rank, pipeline stage). ``state_dict`` holds plain tensors
+    and ints (loadable with ``torch.load(weights_only=True)``)."""
+
+    def __init__(self, seed: int, dp_rank: int = 0, pp_rank: int = 0, device: torch.device | str = "cpu"):
+        self.seed, self.dp_rank, self.pp_rank = seed, dp_rank, pp_rank
+        self.device = torch.device(device)
+        self.patch_generator = torch.Generator(device=self.device)
+        self.step: int | None = None
+
+    def begin_step(self, step: int) -> None:
+        self.step = step
+        torch.manual_seed(step_seed(self.seed, step, self.dp_rank, self.pp_rank))
+        self.patch_generator.manual_seed(step_seed(self.seed, step, self.dp_rank, self.pp_rank, "patches"))
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "dp_rank": self.dp_rank, "pp_rank": self.pp_rank,
+                "step": -1 if self.step is None else self.step,
+                "patch_generator": self.patch_generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the patch generator mid-step (same replica only); the next
+        ``begin_step`` reseeds everything anyway."""
+        if (state["seed"], state["dp_rank"], state["pp_rank"]) == (self.seed, self.dp_rank, self.pp_rank):
+            self.patch_generator.set_state(state["patch_generator"])
+            self.step = None if state["step"] < 0 else int(state["step"])
 
 
 def _draw_seed(device: torch.device) -> int:

@@ -32,7 +32,8 @@ def test_infers_the_minus_one_degree():
     (ParallelDims(tp=2, sequence_parallel=True), 2, None, "not implemented for OFA"),
     (ParallelDims(pp=2, tp=2, pipe_partitioned=True), 4, None, "pipe_partitioned"),
     (ParallelDims(precision="fp16", device="cpu"), 1, None, "fp16 on CPU"),
-    (ParallelDims(zero_stage=0, offload=True), 1, None, "offload needs ZeRO"),
+    (ParallelDims(zero_stage=0, offload=True), 1, None, "offload needs zero_stage=3"),
+    (ParallelDims(zero_stage=2, offload=True), 1, None, "offload needs zero_stage=3"),
     (ParallelDims(pp=2, zero_stage=1, offload=True), 2, None, "offload with pipeline"),
     (ParallelDims(zero_stage=4), 1, None, "choose 0, 1, 2 or 3"),
 ])

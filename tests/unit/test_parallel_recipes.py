@@ -25,7 +25,10 @@ def test_recipe_is_valid_and_fits(name, gpus):
     model = get_flavor(cfg.model.flavor)
     dims.validate(gpus, model, ds_config=ds)
     assert t.micro_batch * t.grad_accum * dims.dp == 2048
-    e = estimate(model, dims, micro_batch=t.micro_batch, image_size=cfg.data.patch_image_size)
+    d = cfg.data
+    e = estimate(model, dims, micro_batch=t.micro_batch, image_size=d.patch_image_size, task=cfg.task.name,
+                 code_image_size=d.code_image_size, sample_patch_num=d.sample_patch_num, weights=d.weights or None,
+                 checkpoint_activations=cfg.model.activation_checkpointing)
     assert e.fits(80), f"{name}: {e.total / 2**30:.1f} GB"
     assert (ROOT / "launch" / f"{name}.sh").is_file()
 
