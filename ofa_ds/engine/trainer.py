@@ -184,8 +184,14 @@ class Trainer:
                                  "does not cover expert linears); use data parallelism with moe_ep_size")
             apply_moe(model, m.moe_layers, m.moe_num_experts, m.moe_top_k, m.moe_capacity_factor,
                       backend=m.moe_backend, ep_size=m.moe_ep_size)
-        from ofa_ds.kernels.wrap import apply_speed_options
+        from ofa_ds.kernels.wrap import SpeedOptions, apply_speed_options
 
+        if self.layout.pp > 1 and speed_options(m) != SpeedOptions():
+            # The pipeline rebuilds the model as pieces (Layout.initialize); the switches are not
+            # re-applied there yet, so refuse instead of dropping them silently.
+            changed = [k for k, v in vars(speed_options(m)).items() if v != getattr(SpeedOptions(), k)]
+            raise ValueError(f"model speed switches {changed} are not applied under parallel.pp > 1 yet; "
+                             f"leave them at their defaults with pipeline parallelism")
         apply_speed_options(model, speed_options(m), "cuda" if torch.cuda.is_available() else "cpu")
         self.model_config = model.config
         if self.cfg.train.export_format == "hf":
