@@ -42,6 +42,7 @@ TASKS: dict[str, str] = {
     "caption": "ofa_ds.tasks.caption:CaptionTask",
     "vqa_gen": "ofa_ds.tasks.vqa:VqaGenTask",
     "snli_ve": "ofa_ds.tasks.snli_ve:SnliVeTask",
+    "image_classify": "ofa_ds.tasks.image_classify:ImageClassifyTask",
     **{g: f"ofa_ds.tasks.glue:{g.upper()}Task" for g in ("cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2")},
     "caption_scst": "ofa_ds.tasks.caption_scst:CaptionScstTask",
     "refcoco": "ofa_ds.tasks.refcoco:RefcocoTask",

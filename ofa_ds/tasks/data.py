@@ -79,6 +79,8 @@ class SampleLoader:
             raise ValueError(f"{path}: the training split has no rows")
         self.build, self.collate_fn, self.batch_size, self.policy = build, collate_fn, batch_size, policy
         self.path = path
+        self.on_batch = None
+        """Called before each batch is built (a task that seeds augmentation by epoch reads the cursor)."""
         self.cursor = ShardCursor(EpochOrder(n_rows, seed), rank=rank, world_size=world_size)
 
     def __len__(self) -> int:
@@ -87,6 +89,8 @@ class SampleLoader:
     def __iter__(self):
         for _ in range(len(self)):
             samples, tried = [], 0
+            if self.on_batch is not None:
+                self.on_batch()
             while len(samples) < self.batch_size:
                 i = next(self.cursor)
                 tried += 1

@@ -37,7 +37,8 @@ def image_tensor(key: str) -> torch.Tensor:
     t = torch.from_numpy(u8).float().div(255).sub(mean).div(std)
     if info["overlay"]:
         ov = info["overlay"]
-        t[:, ov["y0"]:ov["y1"], ov["x0"]:ov["x1"]] = torch.from_numpy(np.load(FIXTURE / "overlays.npz")[ov["npz_key"]])
+        y0, y1, x0, x1 = ov["y0y1x0x1"]
+        t[:, y0:y1, x0:x1] = torch.from_numpy(np.load(FIXTURE / "overlays.npz")[ov["npz_key"]])
     assert hashlib.sha256(t.numpy().tobytes()).hexdigest() == info["sha256_f32"]
     return t
 
