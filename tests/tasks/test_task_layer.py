@@ -61,3 +61,33 @@ def test_evaluate_command_writes_predictions_and_metrics(sample_data, tmp_path, 
     assert len(lines) == n_test and set(json.loads(lines[0])) == {"id", "prediction", "target"}
     metrics = json.loads((tmp_path / "out" / "eval_test.json").read_text())
     assert {"test_cider", "test_loss"} <= set(metrics) and metrics["rows"] == n_test
+
+
+def test_bad_vqa_rows_are_named_counted_and_skipped_or_fatal_when_strict(sample_data, tmp_path):
+    from ofa_ds.data.bad_rows import BadRow
+    from ofa_ds.data.vocab import Vocabulary
+    from ofa_ds.tasks import build_task
+
+    good = (sample_data / "finetune/vqa/train.tsv").read_text().splitlines()[:4]
+    cols = good[0].split("\t")
+    bad = ["\t".join(cols[:5]),                                          # a missing column
+           "\t".join(cols[:2] + ["   "] + cols[3:]),                    # an empty question
+           "\t".join(cols[:3] + ["1.0|!+zebra crossing"] + cols[4:]),     # not a candidate
+           "\t".join(cols[:3] + ["high|!+yes"] + cols[4:])]               # confidence not a number
+    (tmp_path / "train.tsv").write_text("\n".join(good + bad) + "\n")
+    vocab = Vocabulary.from_dir(sample_data / "vocab")
+
+    def task(strict):
+        cfg = load_config(None, ["task.name=vqa_gen", f"data.root={sample_data}", "data.patch_image_size=32",
+                                 f"task.train={tmp_path / 'train.tsv'}", f"data.strict={strict}", "train.micro_batch=4"])
+        return build_task(cfg, vocab)
+
+    t = task(False)
+    batches = list(t.build_train_loader(rank=0, world_size=1, seed=0))
+    assert len(batches) == 2 and all(b["nsentences"] == 4 for b in batches)
+    counts = t.policy.summary(0)[str(tmp_path / "train.tsv")]  # epoch 0 holds every bad row once
+    assert counts == {"wrong column count": 1, "empty question": 1, "answer not in the candidate set": 1,
+                      "confidence is not a number": 1}
+    t = task(True)
+    with pytest.raises(BadRow, match=r"train.tsv: row [4-7]"):
+        list(t.build_train_loader(rank=0, world_size=1, seed=0))
