@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -177,6 +178,8 @@ def main(argv=None) -> int:
         raise ValueError(f"task {cfg.task.name!r}: no {args.split} split (set task.{args.split})")
     ckpt = resolve_checkpoint(args.checkpoint)
     rank, world_size = init_distributed()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # NCCL gathers on this rank's GPU
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     model = OFAModel.from_pretrained(ckpt).to(device).eval()
     out_dir = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
