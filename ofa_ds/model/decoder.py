@@ -112,8 +112,8 @@ class OFADecoder(PositionalStack):
         return self._embed(token_embeddings, pos_raw, code_masks), self_abs, cross_bias
 
     def forward(self, prev_output_tokens, encoder_out: dict, code_masks=None,
-                cache: list | None = None):
-        """Returns (logits [B, Tq, V], extra). With ``cache`` (a list, one dict per layer,
+                cache: list | None = None, project: bool = True):
+        """Returns (logits [B, Tq, V] or None with ``project=False``, extra). With ``cache`` (a list, one dict per layer,
         filled on the first call) only the positions after the cached ones are computed (the
         first call with an empty cache computes all of them, e.g. a whole decoder prompt)."""
         T = prev_output_tokens.shape[1]
@@ -130,7 +130,9 @@ class OFADecoder(PositionalStack):
         features = x
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        return self.output_projection(x), {"features": features, "hidden": x}
+        # project=False: the caller scores only a few ids from "hidden" (all-candidate scoring).
+        logits = self.output_projection(x) if project else None
+        return logits, {"features": features, "hidden": x}
 
 
 def cached_length(cache: list | None) -> int:

@@ -106,59 +106,76 @@ def _sample_encoder_out(encoder_out: dict, s: int) -> dict:
 
 @torch.no_grad()
 def score_fast(model, encoder_out: dict, prompts: Sequence[torch.Tensor], answers: AnswerSet) -> torch.Tensor:
-    """[B, C] summed constrained log-probs of every candidate after each sample's prompt."""
-    tree = answers.tree()
-    n_nodes = len(tree["parent"])
-    K = max(len(c) for c in tree["children"])
-    device = prompts[0].device
-    children = torch.full((n_nodes, K), -1, dtype=torch.long)
-    for i, c in enumerate(tree["children"]):
-        children[i, :len(c)] = torch.tensor(c)
-    children = children.to(device)
-    by_depth: dict[int, list[int]] = {}
-    for i, d in enumerate(tree["depth"]):
-        by_depth.setdefault(d, []).append(i)
-    # Candidate paths as (node, slot) index tensors, padded with a zero-score dummy entry.
-    L = max(len(p) for p in tree["paths"])
-    path_node = torch.full((len(answers), L), n_nodes, dtype=torch.long)
-    path_slot = torch.zeros((len(answers), L), dtype=torch.long)
-    for c, p in enumerate(tree["paths"]):
-        path_node[c, :len(p)] = torch.tensor([n for n, _ in p])
-        path_slot[c, :len(p)] = torch.tensor([k for _, k in p])
-    path_node, path_slot = path_node.to(device), path_slot.to(device)
+    """[B, C] summed constrained log-probs of every candidate after each sample's prompt.
 
+    The trie's edges (node -> allowed next id) are scored level by level: an edge's logit is
+    the decoder's final hidden state at its node times the id's output embedding, so the
+    full-vocabulary projection is never computed; the constrained log_softmax normalises over
+    the node's edges only (what masking every other id to -inf does)."""
+    tree = answers.tree()
+    device = prompts[0].device
+    levels = _edge_levels(tree, device)
+    W = model.decoder.output_projection.weight
     scores = []
     for s, prompt in enumerate(prompts):
         enc = _sample_encoder_out(encoder_out, s)
-        child_lp = torch.zeros(n_nodes + 1, K, device=device)   # last row: the padding dummy
+        edge_lp = torch.zeros(levels["n_edges"], device=device)
         cache: list = []
-        logits, _ = model.decoder(prompt[None], enc, cache=cache)
-        level, level_logits = [0], logits[:, -1]
-        depth = 0
-        while True:
-            idx = torch.tensor(level, device=device)
-            child_lp[idx] = _children_log_probs(level_logits, children[idx])
-            depth += 1
-            nxt = by_depth.get(depth)
-            if not nxt:
-                break
-            pos = {node: r for r, node in enumerate(level)}
-            rows = torch.tensor([pos[tree["parent"][n]] for n in nxt], device=device)
-            reorder_cache(cache, rows, cross=False)  # cross K/V stay [1, ...] and broadcast
-            tokens = torch.tensor([tree["prefix"][n] for n in nxt], device=device)
-            tokens = torch.cat([prompt[None].expand(len(nxt), -1), tokens], dim=1)
-            logits, _ = model.decoder(tokens, enc, cache=cache)
-            level, level_logits = nxt, logits[:, -1]
-        scores.append(child_lp[path_node, path_slot].sum(-1))
+        _, extra = model.decoder(prompt[None], enc, cache=cache, project=False)
+        hidden = extra["hidden"][:, -1]                                          # [1, d]
+        for depth, lv in enumerate(levels["by_depth"]):
+            if depth:
+                reorder_cache(cache, lv["parent_rows"], cross=False)  # cross K/V stay [1, ...] and broadcast
+                tokens = torch.cat([prompt[None].expand(len(lv["prefix"]), -1), lv["prefix"]], dim=1)
+                _, extra = model.decoder(tokens, enc, cache=cache, project=False)
+                hidden = extra["hidden"][:, -1]                                  # [R, d]
+            logits = (hidden[lv["edge_row"]].float() * W[lv["edge_token"]].float()).sum(-1)   # [E]
+            edge_lp[lv["edge_ids"]] = logits - _segment_logsumexp(logits, lv["edge_row"], len(hidden))
+        scores.append((edge_lp[levels["path_edges"]] * levels["path_mask"]).sum(-1))
     return torch.stack(scores)
 
 
-def _children_log_probs(logits_RV: torch.Tensor, children_RK: torch.Tensor) -> torch.Tensor:
-    """log_softmax over each row's allowed children (padding slots -1 -> -inf, then 0)."""
-    gathered = logits_RV.float().gather(1, children_RK.clamp(min=0))
-    gathered = gathered.masked_fill(children_RK < 0, float("-inf"))
-    lp = gathered - torch.logsumexp(gathered, dim=1, keepdim=True)
-    return lp.masked_fill(children_RK < 0, 0.0)
+def _segment_logsumexp(values_E: torch.Tensor, segment_E: torch.Tensor, n: int) -> torch.Tensor:
+    """logsumexp of ``values`` within each segment, broadcast back to the entries [E]."""
+    peak = torch.full((n,), float("-inf"), device=values_E.device).scatter_reduce(0, segment_E, values_E, "amax")
+    total = torch.zeros(n, device=values_E.device).index_add_(0, segment_E, (values_E - peak[segment_E]).exp())
+    return (peak + total.log())[segment_E]
+
+
+def _edge_levels(tree: dict, device) -> dict:
+    """Per depth: the nodes' prefixes, their parents' rows in the previous depth and their
+    edges (row within the depth, next id, edge id); per candidate: its edge ids."""
+    key = ("levels", str(device))
+    if key in tree:
+        return tree[key]
+    by_depth_nodes: dict[int, list[int]] = {}
+    for n, d in enumerate(tree["depth"]):
+        by_depth_nodes.setdefault(d, []).append(n)
+    edge_id, levels = {}, []
+    for d in sorted(by_depth_nodes):
+        nodes = by_depth_nodes[d]
+        rows, toks, ids = [], [], []
+        for r, n in enumerate(nodes):
+            for k, tok in enumerate(tree["children"][n]):
+                edge_id[(n, k)] = len(edge_id)
+                rows.append(r)
+                toks.append(tok)
+                ids.append(edge_id[(n, k)])
+        prev = {n: r for r, n in enumerate(by_depth_nodes.get(d - 1, []))}
+        levels.append({
+            "prefix": torch.tensor([tree["prefix"][n] for n in nodes], dtype=torch.long, device=device),
+            "parent_rows": torch.tensor([prev.get(tree["parent"][n], 0) for n in nodes], device=device),
+            "edge_row": torch.tensor(rows, device=device), "edge_token": torch.tensor(toks, device=device),
+            "edge_ids": torch.tensor(ids, device=device)})
+    L = max(len(p) for p in tree["paths"])
+    path_edges = torch.zeros(len(tree["paths"]), L, dtype=torch.long)
+    path_mask = torch.zeros(len(tree["paths"]), L)
+    for c, p in enumerate(tree["paths"]):
+        path_edges[c, :len(p)] = torch.tensor([edge_id[e] for e in p])
+        path_mask[c, :len(p)] = 1.0
+    tree[key] = {"by_depth": levels, "n_edges": len(edge_id), "path_edges": path_edges.to(device),
+                 "path_mask": path_mask.to(device)}
+    return tree[key]
 
 
 @torch.no_grad()

@@ -17,7 +17,8 @@ TASKS = {  # task -> (metric, overrides)
     "sst2": ("acc", {}),
     # 18 colour x shape classes: it must learn the image, not an answer prior; a lower lr, and the
     # best of two evaluations (the best-checkpoint rule).
-    "image_classify": ("accuracy", {"task.options.train_augment": "false", "optim.lr": 1e-3, "task.eval_every": 10}),
+    "image_classify": ("accuracy", {"task.options.train_augment": "false", "optim.lr": 1e-3, "task.eval_every": 10,
+                                    "train.max_steps": 40}),
 }
 
 
