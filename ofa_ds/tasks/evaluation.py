@@ -140,7 +140,9 @@ class BestKeeper:
 # -- ofa-ds evaluate -------------------------------------------------------------------------
 def resolve_checkpoint(path: str) -> Path:
     p = Path(path)
-    if p.is_dir() and not (p / "config.json").exists() and not any(p.glob("*.pt")) and not any(p.glob("*.bin")):
+    # A run directory holds its own config.json (the training config) but no weights.
+    weights = ("*.pt", "*.bin", "*.safetensors")
+    if p.is_dir() and not any(any(p.glob(w)) for w in weights):
         for sub in ("best", "final"):
             if (p / sub).exists():
                 return p / sub

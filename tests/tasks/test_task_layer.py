@@ -91,3 +91,14 @@ def test_bad_vqa_rows_are_named_counted_and_skipped_or_fatal_when_strict(sample_
     t = task(True)
     with pytest.raises(BadRow, match=r"train.tsv: row [4-7]"):
         list(t.build_train_loader(rank=0, world_size=1, seed=0))
+
+
+def test_a_run_directory_resolves_to_its_exported_model(tmp_path):
+    from ofa_ds.tasks.evaluation import resolve_checkpoint
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "config.json").write_text("{}")  # the training config, not a model
+    (run / "best" / "model.safetensors").write_bytes(b"")
+    assert resolve_checkpoint(str(run)) == run / "best"
+    assert resolve_checkpoint(str(run / "best")) == run / "best"
