@@ -158,8 +158,9 @@ class RefcocoTask(FinetuneTask):
         for b in range(min(len(boxes), self.options.draw_boxes - len(self._drawn))):
             img = ((images[b].float().cpu() * 0.5 + 0.5).clamp(0, 1) * 255).to(torch.uint8)
             both = torch.stack([boxes[b] * scale[b], torch.tensor(batch["refs"][b]) * scale[b]])
-            size = img.shape[-1]
-            both = both.clamp(0, size)
+            # A weak model's box can be inverted or outside the image: draw its corner hull, clipped.
+            both = torch.cat([torch.minimum(both[:, :2], both[:, 2:]), torch.maximum(both[:, :2], both[:, 2:])], 1)
+            both = both.clamp(0, img.shape[-1] - 1)
             self._drawn.append(draw_bounding_boxes(img, both, colors=["red", "green"], width=3))
 
     def score(self, records):

@@ -27,12 +27,14 @@ def _train(sample_data, out_dir, **overrides):
 def test_grounding_beats_untrained(sample_data, tmp_path, one_torch_thread):
     trainer, score = _train(sample_data, tmp_path, **{"task.name": "refcoco", "task.valid": "finetune/refcoco/train.tsv",
                                                        "task.label_smoothing": 0.1, "optim.lr": 3e-3,
-                                                       "train.max_steps": 40, "task.eval_beam": 2,
-                                                       "task.options.draw_boxes": 0})
+                                                       "train.max_steps": 40, "task.eval_beam": 2})
     before = score("valid")
     trainer.run()
     after = score("valid")
     print("grounding before/after:", before, after)
+    # the drawn boxes (predicted red, true green), also for a weak model's inverted boxes
+    trainer.task.write_predictions([{"id": "0", "prediction": [0, 0, 1, 1]}], tmp_path / "results.json")
+    assert (tmp_path / "results_boxes.png").stat().st_size > 0
     # 40 steps from scratch: the boxes move onto the objects (IoU), Acc@0.5 needs longer.
     assert after["valid_miou"] > before["valid_miou"] + 0.02 and after["valid_loss"] < before["valid_loss"], (before, after)
     assert after["valid_acc"] >= before["valid_acc"]
