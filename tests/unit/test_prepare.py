@@ -548,6 +548,14 @@ def test_outputs_build_finetuning_samples(tmp_path, ofa_bpe_dir, monkeypatch, on
                        "--workers", 0) == 0
     s = task("gigaword", "gigaword-00000.tsv").build_sample("train", 0)
     assert vocab.decode(s.target[:-1]).strip() == "people said"
+    for cls in ("n01", "n02"):
+        save_scene(tmp_path / "inet" / cls / "a.JPEG", 3)
+    (tmp_path / "names.txt").write_text("n01 tench, Tinca tinca\nn02 goldfish\n")
+    assert run_prepare("imagenet", "--root", tmp_path / "inet", "--class-names", tmp_path / "names.txt",
+                       "--out", out, "--workers", 0) == 0
+    s = task("image_classify", "imagenet-00000.tsv", **{"task.options.class2label": "class2label_new.pkl"}) \
+        .build_sample("valid", 1)
+    assert vocab.decode(s.target[:-1]).strip() == "goldfish"
     (tmp_path / "gen.jsonl").write_text(json.dumps({"image": "77.jpg", "caption": "Two Shapes"}) + "\n")
     assert run_prepare("image-codes", "--task", "text-to-image", "--images", imgs, "--captions", tmp_path / "gen.jsonl",
                        "--out", out, "--random-init", "--flavor", "tiny") == 0
