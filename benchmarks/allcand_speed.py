@@ -17,6 +17,7 @@ rate; the scores of all three agree (max |diff| printed).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -63,7 +64,9 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     model = OFAModel(get_flavor(args.flavor, vocab_size=len(vocab))).to(device).eval()
     answers = AnswerSet(synthetic_answers(vocab, args.candidates), vocab)
-    subset = AnswerSet(answers.answers[:args.naive_candidates], vocab)
+    # The first candidates, scored under the full set's trie (the same constraint masks).
+    subset = copy.copy(answers)
+    subset.answers, subset.tokens = answers.answers[:args.naive_candidates], answers.tokens[:args.naive_candidates]
     src = vocab.encode_line(" what is the man holding in his hand? object: person hand cup").to(device)
     B = args.images
     images = torch.randn(B, 3, args.image_size, args.image_size, device=device)
