@@ -5,7 +5,10 @@ checkout (never copied into the repo). ``OFA_DS_SHARED`` overrides that location
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def shared_dir() -> Path:
     env = os.environ.get("OFA_DS_SHARED")
     return Path(env) if env else REPO_ROOT.parent / "shared"
+
+
+# The reference data stays as laid down: no TSV row index is written into ../shared, and the
+# fallback index cache is private to this test session (never ~/.cache, never a past run's).
+# Set in the environment, so that the processes tests launch inherit it.
+os.environ["OFA_DS_READONLY_DATA"] = str(shared_dir())
+os.environ["OFA_DS_CACHE_DIR"] = tempfile.mkdtemp(prefix="ofa_ds_test_index_")
+atexit.register(shutil.rmtree, os.environ["OFA_DS_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,9 @@ The byte offset of every row is found by one scan and cached as ``<file>.index.n
 file. The cache records the file's size and mtime, so a changed file is rescanned. When the
 file's directory is read-only the cache goes to ``$OFA_DS_CACHE_DIR`` (default
 ``~/.cache/ofa_ds/tsv_index``), and when that fails too the index lives in memory only.
+Files under a directory listed in ``$OFA_DS_READONLY_DATA`` (``os.pathsep``-separated) never
+get an index beside them, even where the directory is writable (as it is for root): reference
+data such as a shared fixture stays byte for byte as it was laid down.
 """
 from __future__ import annotations
 
@@ -44,6 +47,11 @@ def index_cache_dir() -> Path:
     """Fallback index directory for TSV files in read-only directories."""
     env = os.environ.get("OFA_DS_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "ofa_ds" / "tsv_index"
+
+
+def _readonly_roots() -> list[Path]:
+    env = os.environ.get("OFA_DS_READONLY_DATA", "")
+    return [Path(p).resolve() for p in env.split(os.pathsep) if p]
 
 
 def _scan_offsets(path: Path) -> np.ndarray:
@@ -98,8 +106,11 @@ class TSVFile:
     def _index_candidates(self) -> list[Path]:
         resolved = self.path.resolve()
         digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
-        return [resolved.with_name(resolved.name + ".index.npy"),
-                index_cache_dir() / f"{resolved.name}.{digest}.index.npy"]
+        beside = resolved.with_name(resolved.name + ".index.npy")
+        cached = index_cache_dir() / f"{resolved.name}.{digest}.index.npy"
+        if any(resolved.is_relative_to(root) for root in _readonly_roots()):
+            return [cached]
+        return [beside, cached]
 
     def _load_or_build_index(self) -> np.ndarray:
         st = self.path.stat()

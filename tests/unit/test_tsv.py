@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
 import pickle
 
 import numpy as np
@@ -113,6 +114,16 @@ def test_index_falls_back_when_directory_is_read_only(tmp_path, monkeypatch):
     f.index_path.unlink()
     f = TSVFile(path)
     assert f.index_path is None and f.row(1) == ROWS[1]  # in memory only
+
+
+def test_no_index_is_written_beside_reference_data(tmp_path, monkeypatch):
+    data_dir = tmp_path / "reference"
+    data_dir.mkdir()
+    path = _write(data_dir / "data.tsv", ROWS)
+    monkeypatch.setenv("OFA_DS_READONLY_DATA", f"{tmp_path / 'elsewhere'}{os.pathsep}{data_dir}")
+    f = TSVFile(path)
+    assert f.index_path.parent == tmp_path / "cache" and f.row(3) == ROWS[3]
+    assert list(data_dir.iterdir()) == [path]  # the directory is as it was, although writable
 
 
 def test_pickle_and_dataloader_workers(tmp_path):
