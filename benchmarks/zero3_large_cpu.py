@@ -4,6 +4,7 @@ time) and run steps within the machine's memory? Reports each rank's peak RSS (V
 from /proc) and the step times from metrics.jsonl.
 
     python benchmarks/zero3_large_cpu.py --sample-data sample_data --work /tmp/z3large [--steps 2]
+        [--deepspeed-template zero3_offload_host.json]
 
 The first run writes a random OFA-Large checkpoint (ofa-ds format, ~1.9 GB) for init_from.
 Images are small (128 px, 32 sampled patches; extras at 64 px: make the sample data with
@@ -72,6 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--no-init-from", action="store_true", help="random init instead of init_from")
     p.add_argument("--checkpoint-activations", action="store_true", help="model.activation_checkpointing=true")
+    p.add_argument("--deepspeed-template", default="auto",
+                   help="train.deepspeed_template, e.g. zero3_offload_host.json (smaller buckets)")
     args = p.parse_args(argv)
     init = args.work / "large_init"
     if not args.no_init_from:
@@ -84,7 +87,8 @@ def main(argv=None) -> int:
                  "train.max_steps": args.steps, "train.save_every": 0, "train.zero_stage": 3,
                  "train.offload": True, "train.out_dir": str(out), "train.progress_bar": False,
                  "train.tensorboard": False, "train.export_format": "none", "train.image_log_every": 0,
-                 "model.activation_checkpointing": args.checkpoint_activations}
+                 "model.activation_checkpointing": args.checkpoint_activations,
+                 "train.deepspeed_template": args.deepspeed_template}
     if not args.no_init_from:
         overrides["model.init_from"] = str(init)
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ofa_ds.config.load import load_config
-from ofa_ds.engine.ds_config import OWNED_KEYS, DeepSpeedConfigError, build_ds_config
+from ofa_ds.engine.ds_config import DS_CONFIG_DIR, OWNED_KEYS, DeepSpeedConfigError, build_ds_config
 from ofa_ds.train import pretrain_main
 
 
@@ -66,3 +66,13 @@ def test_owned_keys_are_documented_in_the_readme():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "--deepspeed_config" in readme and "deepspeed_config.json" in readme
     assert all(key.split(" ")[0].split(".")[0] in readme for key in OWNED_KEYS)
+
+
+@pytest.mark.parametrize("template", sorted(p.name for p in DS_CONFIG_DIR.glob("zero*.json")))
+def test_every_shipped_zero_template_agrees_with_its_regime(template):
+    stage = json.loads((DS_CONFIG_DIR / template).read_text())["zero_optimization"]["stage"]
+    offload = "offload" in template
+    cfg = load_config(None, [f"train.zero_stage={stage}", f"train.offload={str(offload).lower()}",
+                             f"train.deepspeed_template={template}"])
+    zero = build_ds_config(cfg, on_gpu=False)["zero_optimization"]
+    assert zero["stage"] == stage and ("offload_param" in zero) == offload
