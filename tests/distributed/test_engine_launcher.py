@@ -17,6 +17,7 @@ import pytest
 
 from ofa_ds.engine.trainer import Trainer
 from tests.engine.helpers import engine_config, engine_overrides
+from tests.helpers import child_env
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def test_two_process_data_parallel_matches_one_process(sample_data, tmp_path):
     out = tmp_path / "two"
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
            "--module", "ofa_ds.train", "pretrain", *engine_overrides(sample_data, out, **SAME_MATH)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     two = read_losses(out)

@@ -8,6 +8,7 @@ import pytest
 from ofa_ds.engine.trainer import Trainer
 from tests.distributed.test_engine_launcher import free_port, read_losses
 from tests.engine.helpers import engine_config, engine_overrides
+from tests.helpers import child_env
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def test_layout_matches_single_process(name, sample_data, tmp_path, single_losse
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc), "--master_port",
            str(free_port()), "--module", "ofa_ds.train", "pretrain",
            *engine_overrides(sample_data, out, **SAME_MATH, **extra)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     expected, single_out = single_losses
@@ -80,7 +81,7 @@ def test_checkpoint_crosses_layouts(sample_data, tmp_path, single_losses):
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "4", "--master_port", str(free_port()),
            "--module", "ofa_ds.train", "pretrain",
            *engine_overrides(sample_data, out, **init, **LAYOUTS["tp2-pp2"][1])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert read_losses(out) == pytest.approx(expected, rel=2e-5)

@@ -16,6 +16,7 @@ import torch
 
 from ofa_ds.engine.trainer import Trainer
 from tests.engine.helpers import engine_config, engine_overrides
+from tests.helpers import child_env
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def _command(sample_data, out, *extra):
 def test_kill9_with_workers_and_zero2_resumes_bitwise(sample_data, tmp_path):
     from ofa_ds.model.ofa import OFAModel
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
     out = tmp_path / "killed"
     proc = subprocess.Popen(_command(sample_data, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     latest = out / "checkpoints" / "latest"
