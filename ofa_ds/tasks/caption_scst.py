@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ofa_ds.tasks.caption import CaptionTask, references
 from ofa_ds.tasks.cider import DocumentFrequencies
-from ofa_ds.tasks.scst import repeat_net_input, sample_beams, scst_loss, scst_rewards, teacher_forcing_pair
+from ofa_ds.tasks.scst import repeat_net_input, sample_beams, scst_loss, scst_rewards, with_scst_targets
 
 
 class CaptionScstTask(CaptionTask):
@@ -70,13 +68,8 @@ class CaptionScstTask(CaptionTask):
         beams = sample_beams(self._generator, batch["net_input"])
         texts = [self.vocab.decode(b).strip() for b in beams]
         scores, _, reward = scst_rewards(texts, batch["refs"], self.train_df)
-        prev, target = teacher_forcing_pair([b.cpu() for b in beams], bos=self.vocab.bos, pad=self.vocab.pad)
-        device = batch["target"].device
-        batch = dict(batch)
-        batch["scst"] = {"prev_output_tokens": prev.to(device), "target": target.to(device),
-                         "reward": torch.from_numpy(reward).to(device), "mean_cider": float(scores.mean())}
-        batch["ntokens"] = int(target.ne(self.vocab.pad).sum())
-        return batch
+        return with_scst_targets(batch, beams, reward, bos=self.vocab.bos, pad=self.vocab.pad,
+                                 mean_cider=float(scores.mean()))
 
     def training_forward(self, model, batch, *, denominators, update_num):
         if "scst" not in batch:

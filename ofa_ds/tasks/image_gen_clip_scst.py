@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ofa_ds.tasks.image_gen import PROMPT_IMAGE_GEN, ImageGenTask, image_gen_config
-from ofa_ds.tasks.scst import eval_mode, leave_one_out, repeat_net_input, scst_loss, teacher_forcing_pair
+from ofa_ds.tasks.scst import eval_mode, leave_one_out, repeat_net_input, scst_loss, with_scst_targets
 
 CAPTION_START = len(PROMPT_IMAGE_GEN.format(""))  # 38: OFA strips the prompt by length
 
@@ -106,13 +106,8 @@ class ImageGenClipScstTask(ImageGenTask):
         captions = [self.vocab.decode(src)[CAPTION_START:].replace("/", "") for src in n["src_tokens"].cpu()]
         scores = self.clip_scorer()(images, [c for c in captions for _ in range(K)]).numpy()
         _, reward = leave_one_out(scores, K)
-        prev, target = teacher_forcing_pair(samples, bos=self.vocab.bos, pad=self.vocab.pad)
-        device = batch["target"].device
-        batch = dict(batch)
-        batch["scst"] = {"prev_output_tokens": prev.to(device), "target": target.to(device),
-                         "reward": torch.from_numpy(reward).to(device), "mean_clip": float(scores.mean())}
-        batch["ntokens"] = int(target.ne(self.vocab.pad).sum())
-        return batch
+        return with_scst_targets(batch, samples, reward, bos=self.vocab.bos, pad=self.vocab.pad,
+                                 mean_clip=float(scores.mean()))
 
     def training_forward(self, model, batch, *, denominators, update_num):
         s = batch["scst"]

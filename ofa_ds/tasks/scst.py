@@ -57,6 +57,20 @@ def teacher_forcing_pair(samples: list[torch.Tensor], *, bos: int, pad: int) -> 
     return prev, target
 
 
+def with_scst_targets(batch: dict, samples: list[torch.Tensor], reward_N: np.ndarray, *, bos: int,
+                      pad: int, **logged: float) -> dict:
+    """A copy of ``batch`` that carries the sampled sequences as teacher-forcing pairs, their
+    rewards (and ``logged`` figures such as the mean score) under ``"scst"``; ``ntokens`` becomes
+    the sampled-token count, the step's normaliser (OFA's ``sample_size``)."""
+    prev, target = teacher_forcing_pair([s.cpu() for s in samples], bos=bos, pad=pad)
+    device = batch["target"].device
+    batch = dict(batch)
+    batch["scst"] = {"prev_output_tokens": prev.to(device), "target": target.to(device),
+                     "reward": torch.from_numpy(reward_N).to(device), **logged}
+    batch["ntokens"] = int(target.ne(pad).sum())
+    return batch
+
+
 def scst_loss(logits_NTV: torch.Tensor, target_NT: torch.Tensor, reward_N: torch.Tensor, *, pad: int,
               constraint_range: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:
     """(summed loss, non-pad token count): ``-sum reward * log p(target)`` over non-pad tokens."""

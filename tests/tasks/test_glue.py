@@ -10,14 +10,6 @@ from tests.tasks.golden import golden_config, golden_model, mask_rows, ofa_vocab
 FIX = task_json("glue")["subtasks"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _index_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OFA_DS_CACHE_DIR", str(tmp_path_factory.mktemp("tsv_index")))
-    yield
-    mp.undo()
-
-
 def glue_task(tmp_path, name):
     cfg = golden_config(tmp_path, name, **{"task.train": f"data/glue/{name}_train.tsv",
                                            "task.valid": f"data/glue/{name}_dev.tsv", "data.max_src_length": 512})

@@ -16,14 +16,6 @@ FIX = task_json("vqa")
 V = FIX["variants"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _index_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OFA_DS_CACHE_DIR", str(tmp_path_factory.mktemp("tsv_index")))
-    yield
-    mp.undo()
-
-
 def vqa_task(tmp_path, **options):
     extra = {f"task.options.{k}": v for k, v in options.items()}
     cfg = golden_config(tmp_path, "vqa_gen", **{"task.train": "data/vqa_train.tsv", "task.valid": "data/vqa_val.tsv",
