@@ -80,7 +80,8 @@ def boxes_from_tokens(tokens_B4: torch.Tensor, vocab, *, max_image_size: int, w_
 
 def box_accuracy(hyp_B4: torch.Tensor, ref_B4: torch.Tensor, threshold: float = 0.5) -> dict:
     """Per-sample ``score`` (1.0 iff IoU >= threshold and the intersection has positive width
-    and height), ``iou``, ``inter_w``, ``inter_h`` (OFA's Acc@0.5; IoU carries its +1e-6)."""
+    and height), OFA's raw ``iou`` (with its +1e-6), ``true_iou`` (0 without an overlap),
+    ``inter_w``, ``inter_h`` (OFA's Acc@0.5)."""
     top_left = torch.maximum(hyp_B4[:, :2], ref_B4[:, :2])
     bottom_right = torch.minimum(hyp_B4[:, 2:], ref_B4[:, 2:])
     inter_w, inter_h = bottom_right[:, 0] - top_left[:, 0], bottom_right[:, 1] - top_left[:, 1]
@@ -88,8 +89,11 @@ def box_accuracy(hyp_B4: torch.Tensor, ref_B4: torch.Tensor, threshold: float = 
     area_r = (ref_B4[:, 2] - ref_B4[:, 0]) * (ref_B4[:, 3] - ref_B4[:, 1])
     inter = inter_w * inter_h
     iou = inter / (area_h + area_r - inter + 1e-6)
-    score = ((iou >= threshold) & (inter_w > 0) & (inter_h > 0)).float()
-    return {"score": score, "iou": iou, "inter_w": inter_w, "inter_h": inter_h}
+    overlap = (inter_w > 0) & (inter_h > 0)
+    score = ((iou >= threshold) & overlap).float()
+    # OFA's ratio is positive for an inverted box (both sides negative); the true IoU is 0 there.
+    return {"score": score, "iou": iou, "true_iou": torch.where(overlap, iou, 0.0), "inter_w": inter_w,
+            "inter_h": inter_h}
 
 
 def predicted_boxes(generator, batch: dict, vocab, *, max_image_size: int, encoder_out=None) -> torch.Tensor:
@@ -144,7 +148,7 @@ class RefcocoTask(FinetuneTask):
         boxes = predicted_boxes(self.generator(model), batch, self.vocab, max_image_size=self.cfg.data.max_image_size)
         acc = box_accuracy(boxes, torch.tensor(batch["refs"], dtype=boxes.dtype))
         records = [{"prediction": b, "score": float(s), "iou": float(u)}
-                   for b, s, u in zip(boxes.tolist(), acc["score"], acc["iou"])]
+                   for b, s, u in zip(boxes.tolist(), acc["score"], acc["true_iou"])]
         if self.options.draw_boxes and len(self._drawn) < self.options.draw_boxes:
             self._draw(batch, boxes)
         return records
@@ -164,9 +168,9 @@ class RefcocoTask(FinetuneTask):
             self._drawn.append(draw_bounding_boxes(img, both, colors=["red", "green"], width=3))
 
     def score(self, records):
-        """Acc@0.5 (OFA's ``score``) and the mean IoU."""
+        """Acc@0.5 (OFA's ``score``) and the mean IoU (an inverted or disjoint box counts 0)."""
         n = max(len(records), 1)
-        return {"acc": sum(r["score"] for r in records) / n, "miou": sum(max(r["iou"], 0.0) for r in records) / n}
+        return {"acc": sum(r["score"] for r in records) / n, "miou": sum(r["iou"] for r in records) / n}
 
     def write_predictions(self, records, path):
         """OFA's ``[{"uniq_id", "box"}]``; drawn images as ``<name>_boxes.png`` and in TensorBoard."""

@@ -25,9 +25,12 @@ def _train(sample_data, out_dir, **overrides):
 
 @pytest.mark.slow
 def test_grounding_beats_untrained(sample_data, tmp_path, one_torch_thread):
+    """Acc@0.5 on the 16 training rows (the sample's held-out rows are too few to generalise
+    to): 0 untrained; 160 steps reach 0.69-0.81 over seeds (100 steps still 0, 140: 0.5)."""
     trainer, score = _train(sample_data, tmp_path, **{"task.name": "refcoco", "task.valid": "finetune/refcoco/train.tsv",
-                                                       "task.label_smoothing": 0.1, "optim.lr": 3e-3,
-                                                       "train.max_steps": 40, "task.eval_beam": 2})
+                                                       "task.label_smoothing": 0.1, "optim.lr": 1e-3,
+                                                       "optim.warmup_ratio": 0.05, "train.max_steps": 160,
+                                                       "task.eval_beam": 2})
     before = score("valid")
     trainer.run()
     after = score("valid")
@@ -35,9 +38,8 @@ def test_grounding_beats_untrained(sample_data, tmp_path, one_torch_thread):
     # the drawn boxes (predicted red, true green), also for a weak model's inverted boxes
     trainer.task.write_predictions([{"id": "0", "prediction": [0, 0, 1, 1]}], tmp_path / "results.json")
     assert (tmp_path / "results_boxes.png").stat().st_size > 0
-    # 40 steps from scratch: the boxes move onto the objects (IoU), Acc@0.5 needs longer.
-    assert after["valid_miou"] > before["valid_miou"] + 0.02 and after["valid_loss"] < before["valid_loss"], (before, after)
-    assert after["valid_acc"] >= before["valid_acc"]
+    assert after["valid_acc"] >= before["valid_acc"] + 0.25, (before, after)
+    assert after["valid_miou"] > before["valid_miou"] + 0.2 and after["valid_loss"] < before["valid_loss"], (before, after)
 
 
 @pytest.mark.slow

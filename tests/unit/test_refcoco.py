@@ -105,6 +105,16 @@ def test_forced_boxes_score_as_ofa(ref, batches, vocab):
     assert acc["score"].tolist() == want["scores"] and acc["score"].mean().item() == pytest.approx(2 / 3)
 
 
+def test_inverted_box_has_no_true_iou():
+    """OFA's ratio is positive for an inverted box (both intersection sides negative): it
+    fails Acc@0.5 there, and the mean IoU we report counts it as 0."""
+    ref = torch.tensor([[10.0, 10.0, 50.0, 50.0], [10.0, 10.0, 50.0, 50.0]])
+    hyp = torch.tensor([[40.0, 40.0, 20.0, 20.0], [10.0, 10.0, 50.0, 30.0]])
+    acc = box_accuracy(hyp, ref)
+    assert acc["iou"][0] > 0 and acc["true_iou"][0] == 0 and acc["score"][0] == 0
+    assert acc["true_iou"][1] == pytest.approx(0.5) and acc["score"][1] == 1
+
+
 def test_bin_constrained_decoding_gives_boxes(batches, valid_encoded, vocab, one_torch_thread):
     model = fg.golden_model()
     gen = SequenceGenerator(model, GenerationConfig(beam=5, min_len=4, max_len_b=4),
