@@ -23,6 +23,6 @@ setup(
         "rouge-score",
     ],
     # transformers: the small random CLIP of the CLIP-SCST test (users load their CLIP with it too).
-    extras_require={"test": ["pytest", "pytest-timeout", "transformers"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "transformers", "pytorch-fid"]},
     entry_points={"console_scripts": ["ofa-ds=ofa_ds.cli:main"]},
 )

@@ -11,8 +11,15 @@ The number of codes per image is ``(data.code_image_size / 8)**2``: OFA's 1024 f
 (``data.code_image_size = 256``; the model's decoder code grid is set to it). Generation samples ``samples`` code sequences per caption
 (top-k 256, temperature 1: OFA's settings) of exactly that length. Predictions hold the
 sampled codes; with ``vqgan`` set they are decoded to PNGs beside the predictions file
-(``ofa_ds/vqgan``). The metric without CLIP is the mean log-probability of the true codes
-under the model (higher is better), from the same forward as the evaluation loss.
+(``ofa_ds/vqgan``). The metric is the mean log-probability of the true codes under the model
+(higher is better), from the same forward as the evaluation loss; it needs no extra weights.
+
+OFA's image metrics (``ofa_ds/tasks/image_metrics.py``), each when its weights are given:
+``clip`` (with ``vqgan``): every sample is decoded, the samples of a caption are ranked by
+CLIP similarity to it (the best is the prediction) and ``clip_score`` is the mean top
+similarity; ``inception``: ``is_mean``/``is_std`` (Inception Score) of the top images, and
+``fid`` against ``fid_stats`` (pytorch-fid's ``mu``/``sigma`` ``.npz``, e.g. OFA's COCO
+ground-truth statistics) when given. Without ``clip`` the top image is the first sample.
 """
 from __future__ import annotations
 
@@ -52,6 +59,12 @@ def image_gen_sample(vocab, fields: list[str], *, path: str, row: int, num_codes
                       patch_mask=False, code_mask=True, conf=1.0, ref=codes)
 
 
+def caption_of(vocab, src_tokens) -> str:
+    """The caption CLIP reads: the decoded source without the prompt's 38 characters, "/" removed
+    (OFA strips the prompt by length)."""
+    return vocab.decode(src_tokens)[len(PROMPT_IMAGE_GEN.format("")):].replace("/", "")
+
+
 def code_range(vocab) -> tuple[int, int]:
     return vocab.code_offset, vocab.code_offset + vocab.code_dict_size
 
@@ -82,15 +95,31 @@ class ImageGenTask(FinetuneTask):
         vqgan: str | None = None
         """VQ-GAN checkpoint (relative to data.root) to decode the sampled codes into PNGs."""
         vqgan_flavor: str = "gumbel_f8"
+        clip: str | None = None
+        """Hugging Face CLIP directory (relative to data.root): ranks the samples (needs vqgan)."""
+        inception: str | None = None
+        """Inception-v3 state dict, torchvision layout (relative to data.root): IS, and FID with
+        fid_stats. pytorch-fid's pt_inception-2015-12-05 weights give the published FID's network."""
+        fid_stats: str | None = None
+        """FID reference statistics, an .npz with mu and sigma (relative to data.root)."""
+        decode_batch: int = 8
+        """Images decoded (and scored) per VQ-GAN forward at evaluation."""
         seed: int = 7
         """Seed of the evaluation sampling (OFA validates with --fixed-validation-seed 7)."""
 
-    def __init__(self, cfg, vocab):
+    def __init__(self, cfg, vocab, clip_scorer=None, vqgan=None, inception=None):
         super().__init__(cfg, vocab)
         start_end = self.loss_options.constraint_range or code_range(vocab)
         self.loss_options = LossOptions(**{**self.loss_options.__dict__, "constraint_range": start_end})
         self.num_codes = (cfg.data.code_image_size // 8) ** 2
-        self._vqgan = None
+        # weights given directly (tests, notebooks) win over the paths in task.options
+        self._vqgan, self._clip, self._inception = vqgan, clip_scorer, inception
+        o = self.options
+        self.ranks_by_clip = bool(o.clip) or clip_scorer is not None
+        self.scores_inception = bool(o.inception) or inception is not None
+        if (self.ranks_by_clip or self.scores_inception) and not (o.vqgan or vqgan is not None):
+            raise ValueError(f"task {self.name}: task.options.clip and .inception score images: "
+                             "set task.options.vqgan (the decoder of the codes) too")
 
     def build_sample(self, split, i):
         tsv = self.tsv(split)
@@ -120,31 +149,95 @@ class ImageGenTask(FinetuneTask):
         for h, lpb in zip(hyps, logprob.tolist()):
             codes = [(x["tokens"][:-1] - self.vocab.code_offset).tolist() for x in h]
             records.append({"prediction": codes[0], "samples": codes, "code_logprob": lpb})
+        if self.ranks_by_clip:
+            self._rank_by_clip(records, [caption_of(self.vocab, src) for src in n["src_tokens"].cpu()])
+        if self.scores_inception:
+            tops = self._decode([r["prediction"] for r in records])
+            pool, cls = self.inception_net()(tops)
+            for r, p, c in zip(records, pool.double().tolist(), cls.double().tolist()):
+                r["inception_pool"], r["inception_logits"] = p, c
         return records
 
+    def _decode(self, codes: list[list[int]]) -> torch.Tensor:
+        """Code sequences -> images in [0, 1], ``decode_batch`` at a time."""
+        vq, step = self.vqgan(), max(1, self.options.decode_batch)
+        with torch.no_grad():
+            return torch.cat([vq.decode(torch.tensor(codes[i:i + step])).float().cpu()
+                              for i in range(0, len(codes), step)])
+
+    def _rank_by_clip(self, records: list[dict], captions: list[str]) -> None:
+        """Order each caption's samples by CLIP similarity (best first, the prediction)."""
+        clip, step = self.clip_scorer(), max(1, self.options.decode_batch)
+        for r, caption in zip(records, captions):
+            sims = torch.cat([clip(self._decode(r["samples"][i:i + step]), [caption] * len(r["samples"][i:i + step]))
+                              for i in range(0, len(r["samples"]), step)])
+            order = torch.argsort(sims, descending=True, stable=True).tolist()
+            r["samples"] = [r["samples"][i] for i in order]
+            r["clip_scores"] = [float(sims[i]) for i in order]
+            r["prediction"], r["clip_score"] = r["samples"][0], r["clip_scores"][0]
+
     def score(self, records):
+        from ofa_ds.tasks import image_metrics as im
+
         n = max(len(records), 1)
-        return {"code_logprob": sum(r["code_logprob"] for r in records) / n}
+        out = {"code_logprob": sum(r["code_logprob"] for r in records) / n}
+        if records and "clip_score" in records[0]:
+            out["clip_score"] = sum(r["clip_score"] for r in records) / n
+        if records and "inception_logits" in records[0]:
+            out["is_mean"], out["is_std"] = im.inception_score([r["inception_logits"] for r in records])
+            if self.options.fid_stats:
+                if len(records) < 2:
+                    raise ValueError("FID needs at least 2 generated images; the split has fewer rows")
+                mu, sigma = im.load_statistics(self.resolve(self.options.fid_stats, "task.options.fid_stats"))
+                out["fid"] = im.frechet_distance(*im.feature_statistics([r["inception_pool"] for r in records]),
+                                                 mu, sigma)
+        return out
 
     def write_predictions(self, records, path: Path) -> None:
-        """JSONL (id, the sampled codes, the true codes); with a VQ-GAN, each caption's first
-        sample as ``<stem>_images/<id>.png``."""
+        """JSONL (id, the sampled codes best first, the true codes, CLIP similarities when
+        ranked); with a VQ-GAN, each caption's top image as ``<stem>_images/<id>.png``."""
         with open(path, "w") as f:
             for r in records:
-                f.write(json.dumps({"id": r["id"], "samples": r["samples"], "target": r["target"]}) + "\n")
-        if self.options.vqgan:
+                line = {"id": r["id"], "samples": r["samples"], "target": r["target"]}
+                if "clip_scores" in r:
+                    line["clip_scores"] = r["clip_scores"]
+                f.write(json.dumps(line) + "\n")
+        if self._vqgan is not None or self.options.vqgan:
             from torchvision.utils import save_image
 
-            vq = self.vqgan()
             out = path.with_name(path.stem + "_images")
             out.mkdir(exist_ok=True)
             for r in records:
-                save_image(vq.decode(torch.tensor([r["prediction"]])), out / f"{r['id']}.png")
+                save_image(self._decode([r["prediction"]]), out / f"{r['id']}.png")
 
+    # -- the scoring models, loaded on first use ------------------------------------------------
     def vqgan(self):
         if self._vqgan is None:
             from ofa_ds.vqgan import VQGAN
 
+            if not self.options.vqgan:
+                raise ValueError(f"task {self.name} needs task.options.vqgan (the decoder of the codes)")
             path = self.resolve(self.options.vqgan, "task.options.vqgan")
             self._vqgan = VQGAN.from_checkpoint(path, flavor=self.options.vqgan_flavor).eval()
         return self._vqgan
+
+    def clip_scorer(self):
+        if self._clip is None:
+            from ofa_ds.tasks.image_metrics import ClipScorer
+
+            if not self.options.clip:
+                raise ValueError(f"task {self.name} needs task.options.clip (a CLIP model directory)")
+            path = Path(self.options.clip)
+            path = path if path.is_absolute() else Path(self.cfg.data.root) / path
+            if not path.is_dir():
+                raise ValueError(f"task.options.clip: {path} is not a directory (data.root = {self.cfg.data.root})")
+            self._clip = ClipScorer.from_pretrained(path)
+        return self._clip
+
+    def inception_net(self):
+        if self._inception is None:
+            from ofa_ds.tasks.image_metrics import InceptionFeatures
+
+            self._inception = InceptionFeatures.from_checkpoint(self.resolve(self.options.inception,
+                                                                             "task.options.inception"))
+        return self._inception
