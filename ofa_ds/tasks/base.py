@@ -152,13 +152,14 @@ class FinetuneTask(Task):
         path = self.split_path(split)
         return path is not None and path.is_file()
 
-    def resolve(self, rel: str | None, field: str) -> Path | None:
-        """A file named by an option, relative to data.root; must exist."""
+    def resolve(self, rel: str | None, field: str, *, directory: bool = False) -> Path | None:
+        """A file (or ``directory``) named by an option, relative to data.root; must exist."""
         if rel is None:
             return None
         path = Path(rel) if Path(rel).is_absolute() else Path(self.cfg.data.root) / rel
-        if not path.is_file():
-            raise ValueError(f"{field}: {path} does not exist (data.root = {self.cfg.data.root})")
+        if not (path.is_dir() if directory else path.is_file()):
+            what = "is not a directory" if directory else "does not exist"
+            raise ValueError(f"{field}: {path} {what} (data.root = {self.cfg.data.root})")
         return path
 
     def tsv(self, split: str):

@@ -149,10 +149,12 @@ class ImageGenTask(FinetuneTask):
         for h, lpb in zip(hyps, logprob.tolist()):
             codes = [(x["tokens"][:-1] - self.vocab.code_offset).tolist() for x in h]
             records.append({"prediction": codes[0], "samples": codes, "code_logprob": lpb})
+        tops = None
         if self.ranks_by_clip:
-            self._rank_by_clip(records, [caption_of(self.vocab, src) for src in n["src_tokens"].cpu()])
+            tops = self._rank_by_clip(records, [caption_of(self.vocab, src) for src in n["src_tokens"].cpu()])
         if self.scores_inception:
-            tops = self._decode([r["prediction"] for r in records])
+            if tops is None:
+                tops = self._decode([r["prediction"] for r in records])
             pool, cls = self.inception_net()(tops)
             for r, p, c in zip(records, pool.double().tolist(), cls.double().tolist()):
                 r["inception_pool"], r["inception_logits"] = p, c
@@ -165,16 +167,21 @@ class ImageGenTask(FinetuneTask):
             return torch.cat([vq.decode(torch.tensor(codes[i:i + step])).float().cpu()
                               for i in range(0, len(codes), step)])
 
-    def _rank_by_clip(self, records: list[dict], captions: list[str]) -> None:
-        """Order each caption's samples by CLIP similarity (best first, the prediction)."""
+    def _rank_by_clip(self, records: list[dict], captions: list[str]) -> torch.Tensor:
+        """Order each caption's samples by CLIP similarity (best first, the prediction);
+        returns the top images [B, 3, H, W]."""
         clip, step = self.clip_scorer(), max(1, self.options.decode_batch)
+        tops = []
         for r, caption in zip(records, captions):
-            sims = torch.cat([clip(self._decode(r["samples"][i:i + step]), [caption] * len(r["samples"][i:i + step]))
-                              for i in range(0, len(r["samples"]), step)])
+            images = self._decode(r["samples"])
+            sims = torch.cat([clip(images[i:i + step], [caption] * len(images[i:i + step]))
+                              for i in range(0, len(images), step)])
             order = torch.argsort(sims, descending=True, stable=True).tolist()
             r["samples"] = [r["samples"][i] for i in order]
             r["clip_scores"] = [float(sims[i]) for i in order]
             r["prediction"], r["clip_score"] = r["samples"][0], r["clip_scores"][0]
+            tops.append(images[order[0]])
+        return torch.stack(tops)
 
     def score(self, records):
         from ofa_ds.tasks import image_metrics as im
@@ -186,8 +193,6 @@ class ImageGenTask(FinetuneTask):
         if records and "inception_logits" in records[0]:
             out["is_mean"], out["is_std"] = im.inception_score([r["inception_logits"] for r in records])
             if self.options.fid_stats:
-                if len(records) < 2:
-                    raise ValueError("FID needs at least 2 generated images; the split has fewer rows")
                 mu, sigma = im.load_statistics(self.resolve(self.options.fid_stats, "task.options.fid_stats"))
                 out["fid"] = im.frechet_distance(*im.feature_statistics([r["inception_pool"] for r in records]),
                                                  mu, sigma)
@@ -227,11 +232,8 @@ class ImageGenTask(FinetuneTask):
 
             if not self.options.clip:
                 raise ValueError(f"task {self.name} needs task.options.clip (a CLIP model directory)")
-            path = Path(self.options.clip)
-            path = path if path.is_absolute() else Path(self.cfg.data.root) / path
-            if not path.is_dir():
-                raise ValueError(f"task.options.clip: {path} is not a directory (data.root = {self.cfg.data.root})")
-            self._clip = ClipScorer.from_pretrained(path)
+            self._clip = ClipScorer.from_pretrained(self.resolve(self.options.clip, "task.options.clip",
+                                                                 directory=True))
         return self._clip
 
     def inception_net(self):

@@ -93,11 +93,11 @@ class InceptionFeatures(torch.nn.Module):
     logits [B, classes]). ``tf_pooling``: the TF network's branch pools (see the module
     docstring); on by default for 1008 classes."""
 
-    def __init__(self, num_classes: int = 1008, tf_pooling: bool | None = None):
+    def __init__(self, num_classes: int = 1008, tf_pooling: bool | None = None, init_weights: bool = True):
         super().__init__()
         from torchvision.models import inception_v3
 
-        self.net = inception_v3(weights=None, aux_logits=False, init_weights=True, num_classes=num_classes,
+        self.net = inception_v3(weights=None, aux_logits=False, init_weights=init_weights, num_classes=num_classes,
                                 transform_input=False).eval()
         self.tf_pooling = num_classes == 1008 if tf_pooling is None else tf_pooling
 
@@ -107,7 +107,7 @@ class InceptionFeatures(torch.nn.Module):
         state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
         if "fc.weight" not in state:
             raise ValueError(f"{path}: not an Inception-v3 state dict in torchvision's layout (no fc.weight)")
-        model = cls(num_classes=state["fc.weight"].shape[0])
+        model = cls(num_classes=state["fc.weight"].shape[0], init_weights=False)  # all overwritten
         model.net.load_state_dict(state)
         return model
 
@@ -162,7 +162,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
         raise ValueError(f"FID: statistics of different sizes ({tuple(mu1.shape)} vs {tuple(mu2.shape)})")
     r = _psd_sqrt(s1)
-    middle = torch.linalg.eigvalsh((r @ s2 @ r + (r @ s2 @ r).T) / 2).clamp(min=0).sqrt().sum()
+    m = r @ s2 @ r
+    middle = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
     return float((mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * middle)
 
 
